@@ -48,8 +48,7 @@ class Registry:
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(
-                    f"{self.kind} {name!r} is already registered (to {self._items[name]!r}); "
-                    "choose another name"
+                    f"{self.kind} {name!r} is already registered (to {self._items[name]!r}); choose another name"
                 )
             self._items[name] = item
             return item
