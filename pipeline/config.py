@@ -294,14 +294,16 @@ class Component:
 def _check_against_default(value: Any, default: Any, where: str) -> None:
     if default is inspect.Parameter.empty or default is None or value is None:
         return
-    for kind in (bool, int, float, str):
-        if type(default) is kind:
-            if not _type_ok(value, kind):
-                raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
-            return
-    if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple, int, float)):
+    if isinstance(default, (list, tuple)):
         # sequences often also accept a scalar broadcast to every dimension
-        raise ConfigError(f"{where}: expected list or number, got {_describe(value)}")
+        if not isinstance(value, (list, tuple, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected list or number, got {_describe(value)}")
+        return
+    # an int default accepts any number: many float settings default to a literal 0 (SGD's momentum)
+    kind = {bool: bool, int: float, float: float, str: str}.get(type(default))
+    if kind is not None and not _type_ok(value, kind):
+        expected = "number" if type(default) is int else _TYPE_NAMES[kind]
+        raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")
 
 
 def _join(where: str, key: Any) -> str:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "NETWORKS", "LOSSES"]
+__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS"]
 
 
 class Registry:
@@ -93,3 +93,5 @@ class Registry:
 
 NETWORKS = Registry("network")
 LOSSES = Registry("loss")
+OPTIMIZERS = Registry("optimizer")
+SCHEDULERS = Registry("scheduler")

@@ -1,0 +1,70 @@
+"""Run reports: the per-epoch CSV log and ``curves.png`` (loss, Dice, learning rate)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_history", "plot_curves", "atomic_write_bytes"]
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Write one CSV row per epoch; columns are the union of keys in first-seen order."""
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    atomic_write_bytes(buf.getvalue().encode(), path)
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> bool:
+    """Draw training loss, validation Dice and learning rate against epoch; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r.get("train_loss") for r in history], color="tab:blue")
+    axes[0].set(title="training loss", xlabel="epoch")
+    val = [(r["epoch"], r) for r in history if "val_dice" in r]
+    if val:
+        per_class = sorted({k for _, r in val for k in r if k.startswith("val_dice_")})
+        for k in per_class:
+            axes[1].plot([e for e, _ in val], [r.get(k) for _, r in val], marker=".", label=f"class {k[9:]}")
+        axes[1].plot([e for e, _ in val], [r["val_dice"] for _, r in val], "k-", marker="o", label="mean")
+        axes[1].legend(fontsize=8)
+    axes[1].set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
+    axes[2].plot(epochs, [r.get("lr") for r in history], color="tab:green")
+    axes[2].set(title="learning rate", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+    return True

@@ -1,0 +1,396 @@
+"""The training loop: plain PyTorch with hook methods.
+
+:class:`Trainer` receives everything already built (network, loss, optimiser, scheduler, data
+loaders); variation comes from the config, never from a subclass per setting. Override a hook
+(``on_train_start``, ``on_epoch_start``, ``train_step``, ``validation_step``, ``on_epoch_end``,
+``on_train_end``) to change one step.
+
+Reproducibility: every epoch reseeds torch, NumPy, Python, the loader's generator and the random
+transforms from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch *k* continues
+with exactly the random streams the uninterrupted run used for epoch *k + 1*.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.engines import report
+from pipeline.engines.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.engines.inferer import predict
+from transforms import keys
+
+__all__ = ["Trainer", "TrainState", "dice_per_class", "epoch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed every generator gets at the start of ``epoch`` (stable across machines)."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**31 - 1)
+
+
+def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dice of each foreground class between two index maps ``B1HW[D]`` (or ``BHW[D]``).
+
+    Both empty → 1 (the evaluation convention: nothing to find, nothing found).
+
+    Returns:
+        ``(num_classes - 1,)`` float tensor, averaged over the batch.
+    """
+    pred = pred.reshape(pred.shape[0], -1)
+    label = label.reshape(label.shape[0], -1).to(pred.device)
+    out = []
+    for c in range(1, num_classes):
+        p, t = pred == c, label == c
+        inter = (p & t).sum(1).float()
+        denom = p.sum(1).float() + t.sum(1).float()
+        out.append(torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).mean())
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+@dataclass
+class TrainState:
+    """What the loop needs to continue: saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_validations: int = 0
+    elapsed: float = 0.0  # training seconds over all sessions of this run
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train a segmentation network with periodic sliding-window validation.
+
+    Args:
+        network: returns logits ``BKHW[D]`` (or a list of heads, full resolution first, in
+            training mode when deep supervision is on).
+        loss: ``loss(pred, label, **extras)``; ``extras`` are the batch keys the loss lists in
+            ``extra_inputs``; a loss with ``set_epoch`` is told the epoch before each one.
+        optimizer / scheduler: built; the scheduler is stepped once per epoch.
+        train_loader: yields dicts with ``image`` ``BCHW[D]`` and ``label`` ``B1HW[D]``.
+        val_loader: whole images, batch size 1; ``None`` disables validation.
+        config: the resolved config (stored in checkpoints).
+        run_dir: where checkpoints, logs and plots go.
+        num_classes: including background.
+        device: where the network runs.
+        epochs, val_every, patience, time_budget (minutes), iterations_per_epoch, grad_clip, amp_dtype,
+        infer: settings from the ``train``/``infer`` sections.
+        rank / world_size: for DDP; only rank 0 writes files.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: torch.nn.Module,
+        loss: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        train_loader: Iterable[Mapping[str, Any]],
+        val_loader: Iterable[Mapping[str, Any]] | None,
+        config: Mapping[str, Any],
+        run_dir: str | Path,
+        num_classes: int,
+        device: torch.device,
+        epochs: int,
+        val_every: int = 1,
+        patience: int = 0,
+        time_budget: float | None = None,
+        iterations_per_epoch: int | None = None,
+        grad_clip: float | None = None,
+        amp_dtype: torch.dtype | None = None,
+        infer: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        tensorboard: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        progress: bool = True,
+    ) -> None:
+        self.network = network
+        self.loss = loss
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.config = dict(config)
+        self.run_dir = Path(run_dir)
+        self.num_classes = num_classes
+        self.device = device
+        self.epochs = epochs
+        self.val_every = val_every
+        self.patience = patience
+        self.time_budget = time_budget
+        self.iterations_per_epoch = iterations_per_epoch
+        self.grad_clip = grad_clip
+        self.amp_dtype = amp_dtype
+        self.infer = dict(infer or {})
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.progress = progress and rank == 0
+        self.state = TrainState()
+        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.stop_reason: str | None = None
+        self._session_start = 0.0
+        self._best_pending = False
+        self._tb = self._tensorboard() if tensorboard and self.is_main else None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network without a DDP wrapper."""
+        return getattr(self.network, "module", self.network)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Reseed every generator for ``epoch`` (see the module docstring)."""
+        s = epoch_seed(self.seed, epoch) + self.rank
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        gen = getattr(self.train_loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(s)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        transform = getattr(getattr(self.train_loader, "dataset", None), "transform", None)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=s)
+
+    def _move(self, batch: Mapping[str, Any], names: Iterable[str]) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(batch[k]).to(self.device, non_blocking=True) for k in names if k in batch}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "network": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "train_state": asdict(self.state),
+            "loss_schedule": {"epoch": self.state.epoch, "weights": self.loss_weights()},
+            "rng": rng_state(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(
+            self.checkpoint_state(), self.checkpoint_dir / f"{name}.pt", keep_previous=name == "last"
+        )
+
+    def resume(self, path: str | Path) -> None:
+        """Restore weights, optimiser, scheduler, loop state, RNG and loss schedule from ``path``."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["network"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["train_state"])
+        set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_train_start(self) -> None:
+        self._session_start = time.perf_counter() - self.state.elapsed
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.seed_epoch(epoch)
+        set_epoch = getattr(self.loss, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        self.network.train()
+
+    def train_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """One optimisation step; returns the loss as a detached tensor (no host sync)."""
+        data = self._move(batch, (keys.IMAGE, keys.LABEL, *getattr(self.loss, "extra_inputs", ())))
+        image, label = data.pop(keys.IMAGE), data.pop(keys.LABEL)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            pred = self.network(image)
+        if isinstance(pred, (list, tuple)):
+            pred = [p.float() for p in pred]
+        else:
+            pred = pred.float()
+        loss = self.loss(pred, label, **data)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Dice per foreground class of one whole image by sliding-window inference."""
+        image = torch.as_tensor(batch[keys.IMAGE])
+        probs = predict(
+            self.model,
+            image.to(self.device),
+            roi_size=self.infer["roi_size"],
+            overlap=self.infer.get("overlap", 0.5),
+            mode=self.infer.get("mode", "gaussian"),
+            sw_batch_size=self.infer.get("sw_batch_size", 4),
+            amp_dtype=self.amp_dtype,
+        )
+        pred = probs.argmax(1, keepdim=True)
+        return dice_per_class(pred, torch.as_tensor(batch[keys.LABEL]), self.num_classes)
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        self.state.epoch = epoch + 1
+        self.state.elapsed = time.perf_counter() - self._session_start
+        record["time_min"] = round(self.state.elapsed / 60, 3)
+        self.state.history.append(record)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.save("last")
+        if self._best_pending:
+            self.save("best")
+            self._best_pending = False
+        if self.is_main:
+            report.write_history(self.state.history, self.run_dir / "log.csv")
+            if "val_dice" in record:
+                report.plot_curves(self.state.history, self.run_dir / "curves.png")
+            if self._tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        self._tb.add_scalar(k, v, epoch)
+                self._tb.flush()
+
+    def on_train_end(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    # ------------------------------------------------------------------ loop
+
+    def loss_weights(self) -> dict[str, float]:
+        weights = getattr(self.loss, "weights", None)
+        return dict(weights) if isinstance(weights, Mapping) else {}
+
+    def train_epoch(self, epoch: int) -> float:
+        total = self.iterations_per_epoch or len(self.train_loader)  # type: ignore[arg-type]
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress, leave=False)
+        losses: list[torch.Tensor] = []
+        done = 0
+        while done < total:
+            for batch in self.train_loader:
+                losses.append(self.train_step(batch))
+                done += 1
+                bar.update()
+                if done % 10 == 0 or done == total:
+                    postfix = {"loss": f"{torch.stack(losses[-10:]).mean().item():.4f}"}
+                    dice = next((r["val_dice"] for r in reversed(self.state.history) if "val_dice" in r), None)
+                    if dice is not None:
+                        postfix["dice"] = f"{dice:.3f}"
+                    bar.set_postfix(postfix)
+                if done >= total:
+                    break
+        bar.close()
+        mean = torch.stack(losses).mean()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= self.world_size
+        value = float(mean)
+        if not math.isfinite(value):
+            from pipeline.errors import MedsegError
+
+            raise MedsegError(f"training diverged at epoch {epoch + 1}: loss is {value}; lower optimizer.lr")
+        return value
+
+    def validate(self) -> torch.Tensor:
+        """Mean Dice per foreground class over the validation set (all-reduced under DDP)."""
+        self.network.eval()
+        total = torch.zeros(self.num_classes - 1, device=self.device)
+        count = torch.zeros((), device=self.device)
+        for batch in self.val_loader or ():
+            total += self.validation_step(batch).to(self.device)
+            count += 1
+        if self.world_size > 1:
+            torch.distributed.all_reduce(total)
+            torch.distributed.all_reduce(count)
+        return (total / count.clamp_min(1)).cpu()
+
+    def should_validate(self, epoch: int) -> bool:
+        return self.val_loader is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs)
+
+    def fit(self) -> TrainState:
+        """Train until ``epochs``, early stopping or the time budget; returns the final state."""
+        self.on_train_start()
+        try:
+            for epoch in range(self.state.epoch, self.epochs):
+                self.on_epoch_start(epoch)
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+                record["train_loss"] = self.train_epoch(epoch)
+                record.update({f"w_{k}": v for k, v in self.loss_weights().items()})
+                over_budget = self.time_budget is not None and (
+                    time.perf_counter() - self._session_start > self.time_budget * 60
+                )
+                if self.should_validate(epoch) or (over_budget and self.val_loader is not None):
+                    dice = self.validate()
+                    record["val_dice"] = float(dice.mean()) if dice.numel() else float("nan")
+                    for c, d in enumerate(dice.tolist(), start=1):
+                        record[f"val_dice_{c}"] = d
+                    self._track_best(record["val_dice"], epoch)
+                self.on_epoch_end(epoch, record)
+                if self.patience and self.state.bad_validations >= self.patience:
+                    self.stop_reason = f"early stopping: no improvement in {self.patience} validations"
+                    break
+                if over_budget:
+                    self.stop_reason = f"time budget of {self.time_budget} min reached"
+                    break
+        finally:
+            self.on_train_end()
+        return self.state
+
+    def _track_best(self, metric: float, epoch: int) -> None:
+        if metric > self.state.best_metric:
+            self.state.best_metric = metric
+            self.state.best_epoch = epoch + 1
+            self.state.bad_validations = 0
+            self._best_pending = True
+        else:
+            self.state.bad_validations += 1
