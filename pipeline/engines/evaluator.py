@@ -1,0 +1,275 @@
+"""Evaluation engine: per-case metrics accumulated into a per-case CSV, a summary JSON and a table.
+
+:class:`Evaluator` takes in-memory class-index maps one case at a time (the trainer's validation,
+inference followed by evaluation); :func:`evaluate_folder` pairs two folders of label images by case
+id and feeds them to it (``medseg evaluate --pred DIR --label DIR --output DIR``).
+
+Outputs in ``output_dir``, written atomically (temp file + rename), never over existing files
+unless ``overwrite``:
+
+- ``per_case.csv``: header ``case,class,<metric>...,status``; one row per case and class, classes
+  ascending; ``status`` is ``ok``, ``both_empty``, ``missed`` or ``hallucinated``.
+- ``summary.json``: ``n_cases``, ``classes``, ``metrics``, ``nsd_tolerance_mm``, ``per_class``
+  (class id as a string -> ``{metric: {mean, std, median}}`` plus the counts ``n_cases``, ``ok``,
+  ``both_empty``, ``missed``, ``hallucinated``) and ``foreground_mean`` (metric -> mean over classes
+  of the class means). Statistics are over every case, both-empty ones included with the values in
+  :mod:`pipeline.metrics`; ``std`` is the population standard deviation (``ddof=0``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+from pipeline.io import CaseFiles, atomic_write_text, pair_folders, read_label, read_mask
+from pipeline.metrics import BOTH_EMPTY, LOWER_IS_BETTER, METRICS, STATUSES, check_metrics, empty_result, evaluate_case
+
+PER_CASE_CSV = "per_case.csv"
+SUMMARY_JSON = "summary.json"
+
+
+def output_paths(output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``(per_case.csv, summary.json)`` paths inside ``output_dir``."""
+    return Path(output_dir) / PER_CASE_CSV, Path(output_dir) / SUMMARY_JSON
+
+
+def check_outputs(output_dir: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+    """Fail before any work if the outputs exist (and ``overwrite`` is off) or cannot be created.
+
+    Raises:
+        DataError: naming the existing file, or the output path that is not a directory.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"{output_dir}: output path exists and is not a directory")
+    paths = output_paths(output_dir)
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise DataError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    return paths
+
+
+class Evaluator:
+    """Per-case, per-class metrics accumulated over a dataset.
+
+    Args:
+        classes: class indices (>= 1) to report. None: every class found in any prediction or
+            label so far; a case that lacks a class found elsewhere gets a ``both_empty`` row.
+        nsd_tolerance: NSD tolerance in mm.
+        metrics: subset of :data:`pipeline.metrics.METRICS` (e.g. ``("dice",)`` for a fast
+            validation).
+
+    Example:
+        >>> ev = Evaluator(classes=[1], metrics=("dice", "hd95"))
+        >>> label = np.zeros((16, 16), np.uint8); label[4:12, 4:12] = 1
+        >>> _ = ev.add("case0", label, label, spacing=(0.5, 0.5))
+        >>> ev.summary()["per_class"]["1"]["dice"]["mean"]
+        1.0
+    """
+
+    def __init__(
+        self, classes: Iterable[int] | None = None, *, nsd_tolerance: float = 1.0, metrics: Iterable[str] = METRICS
+    ) -> None:
+        self.metrics = check_metrics(metrics)
+        self.fixed_classes = None if classes is None else tuple(sorted({int(c) for c in classes}))
+        if self.fixed_classes is not None and (not self.fixed_classes or self.fixed_classes[0] < 1):
+            raise ValueError(f"classes must be a non-empty list of indices >= 1, got {classes!r}")
+        if not (np.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+            raise ValueError(f"nsd_tolerance must be a finite number >= 0 (mm), got {nsd_tolerance!r}")
+        self.nsd_tolerance = float(nsd_tolerance)
+        self.results: dict[str, dict[int, dict[str, float | str]]] = {}
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        if self.fixed_classes is not None:
+            return self.fixed_classes
+        return tuple(sorted({c for res in self.results.values() for c in res}))
+
+    def reset(self) -> None:
+        """Forget every case (e.g. at the start of each validation)."""
+        self.results = {}
+
+    def add(
+        self, case: str, pred, label, spacing: Sequence[float] | float | None = None, fov=None
+    ) -> dict[int, dict[str, float | str]]:
+        """Evaluate one case; arguments as :func:`pipeline.metrics.evaluate_case`. Returns its results.
+
+        Raises:
+            ValueError: ``case`` was added before, or bad arrays (see ``evaluate_case``).
+        """
+        case = str(case)
+        if case in self.results:
+            raise ValueError(f"case {case!r} was already added")
+        res = evaluate_case(
+            pred, label, spacing, self.fixed_classes, fov, nsd_tolerance=self.nsd_tolerance, metrics=self.metrics
+        )
+        self.results[case] = res
+        return res
+
+    def merge(self, others: Iterable[Evaluator]) -> None:
+        """Add the cases of other evaluators (e.g. gathered from DDP ranks with ``all_gather_object``)."""
+        for other in others:
+            if other.metrics != self.metrics or other.nsd_tolerance != self.nsd_tolerance:
+                raise ValueError("can only merge evaluators with the same metrics and nsd_tolerance")
+            if dup := sorted(set(other.results) & set(self.results)):
+                raise ValueError(f"cases evaluated twice: {dup[:5]}")
+            self.results.update(other.results)
+
+    def rows(self) -> list[dict[str, float | str | int]]:
+        """One dict per case and class: ``case``, ``class``, each metric, ``status``."""
+        classes = self.classes
+        rows = []
+        for case, res in self.results.items():
+            for c in classes:
+                rows.append({"case": case, "class": c, **(res.get(c) or empty_result(BOTH_EMPTY, self.metrics))})
+        return rows
+
+    def summary(self) -> dict:
+        """Statistics per class (see the module docstring for the layout).
+
+        Raises:
+            ValueError: no case was added.
+        """
+        if not self.results:
+            raise ValueError("no cases to summarise; call add() first")
+        rows = self.rows()
+        per_class = {}
+        for c in self.classes:
+            mine = [r for r in rows if r["class"] == c]
+            stats: dict = {"n_cases": len(mine), **{s: sum(r["status"] == s for r in mine) for s in STATUSES}}
+            for m in self.metrics:
+                values = np.array([r[m] for r in mine], dtype=np.float64)
+                stats[m] = {
+                    "mean": float(values.mean()),
+                    "std": float(values.std()),
+                    "median": float(np.median(values)),
+                }
+            per_class[str(c)] = stats
+        foreground = {m: float(np.mean([s[m]["mean"] for s in per_class.values()])) for m in self.metrics}
+        return {
+            "n_cases": len(self.results),
+            "classes": list(self.classes),
+            "metrics": list(self.metrics),
+            "nsd_tolerance_mm": self.nsd_tolerance,
+            "per_class": per_class,
+            "foreground_mean": foreground if per_class else {},
+        }
+
+    def table(self) -> str:
+        """Mean ± std per class and metric, with the empty/missed/hallucinated counts, as text."""
+        summary = self.summary()
+        header = ["class", "cases", "empty/miss/hall", *self.metrics]
+        lines = []
+        for c, s in summary["per_class"].items():
+            cells = [c, str(s["n_cases"]), f"{s[BOTH_EMPTY]}/{s['missed']}/{s['hallucinated']}"]
+            lines.append(cells + [_mean_std(m, s[m]["mean"], s[m]["std"]) for m in self.metrics])
+        if len(lines) > 1:
+            fg = summary["foreground_mean"]
+            lines.append(["mean", "", "", *(_mean_std(m, fg[m], None) for m in self.metrics)])
+        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+        fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        arrows = " ".join(f"{m}{'↓' if m in LOWER_IS_BETTER else '↑'}" for m in self.metrics)
+        note = f"mean ± std over {summary['n_cases']} cases ({arrows}; distances in mm); "
+        note += "empty/miss/hall: cases with the class in neither / only the label / only the prediction"
+        return "\n".join([fmt.format(*header), *(fmt.format(*row) for row in lines), note])
+
+    def write(self, output_dir: str | os.PathLike, *, overwrite: bool = False) -> tuple[Path, Path]:
+        """Write ``per_case.csv`` and ``summary.json`` atomically; returns their paths.
+
+        Raises:
+            DataError: an output exists and ``overwrite`` is False.
+        """
+        csv_path, json_path = check_outputs(output_dir, overwrite)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["case", "class", *self.metrics, "status"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows())
+        summary = self.summary()
+        atomic_write_text(csv_path, buf.getvalue())
+        atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
+        return csv_path, json_path
+
+
+def _mean_std(metric: str, mean: float, std: float | None) -> str:
+    digits = 2 if metric in LOWER_IS_BETTER else 4
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def load_case(files: CaseFiles) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray | None]:
+    """Read one case's prediction, label (its spacing is used) and FOV, checking their shapes.
+
+    Raises:
+        DataError: unreadable files or shapes that differ (naming both files and shapes).
+    """
+    pred, label = read_label(files.pred), read_label(files.label)
+    if pred.array.shape != label.array.shape:
+        raise DataError(
+            f"shape mismatch: prediction {files.pred} is {pred.array.shape}, label {files.label} is {label.array.shape}"
+        )
+    if pred.affine is not None and label.affine is not None and not np.allclose(pred.affine, label.affine, atol=1e-3):
+        warnings.warn(
+            f"{files.pred} and {files.label} have different affines (spacing, orientation or origin); "
+            f"voxels are compared index by index and distances use the label's spacing {label.spacing}",
+            stacklevel=2,
+        )
+    fov = None
+    if files.fov is not None:
+        fov = read_mask(files.fov)
+        if fov.shape != label.array.shape:
+            raise DataError(
+                f"shape mismatch: FOV mask {files.fov} is {fov.shape}, label {files.label} is {label.array.shape}"
+            )
+    return pred.array, label.array, label.spacing, fov
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike,
+    label_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    fov_dir: str | os.PathLike | None = None,
+    classes: Iterable[int] | None = None,
+    nsd_tolerance: float = 1.0,
+    metrics: Iterable[str] = METRICS,
+    case_regex: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Evaluator:
+    """Evaluate every prediction in ``pred_dir`` against the label of the same case in ``label_dir``.
+
+    Args:
+        pred_dir: predicted label images (NIfTI / PNG / GIF / TIFF, see :mod:`pipeline.io`).
+        label_dir: reference label images; their spacing is used for distances.
+        output_dir: where ``per_case.csv`` and ``summary.json`` go (created if missing).
+        fov_dir: optional field-of-view masks, paired by the same case id.
+        classes, nsd_tolerance, metrics: as :class:`Evaluator`.
+        case_regex: how case ids are taken from file names (:func:`pipeline.io.list_label_files`);
+            None pairs identical stems. DRIVE: ``r"^(\\d+)_"`` pairs ``01_test.png``,
+            ``01_manual1.gif`` and ``01_test_mask.gif``.
+        overwrite: replace existing outputs.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The filled :class:`Evaluator` (``.table()`` for printing, ``.summary()``).
+
+    Raises:
+        DataError: outputs exist, unpaired files, unreadable files, shape mismatches.
+    """
+    from tqdm import tqdm
+
+    check_outputs(output_dir, overwrite)
+    pairs = pair_folders(pred_dir, label_dir, fov_dir, case_regex)
+    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=metrics)
+    for files in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+        pred, label, spacing, fov = load_case(files)
+        evaluator.add(files.case, pred, label, spacing, fov)
+    evaluator.write(output_dir, overwrite=overwrite)
+    return evaluator
