@@ -29,7 +29,12 @@ def _like(data: torch.Tensor, ref: MetaTensor) -> MetaTensor:
 
 
 def _kernel(kernel_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    sizes = (kernel_size,) * ndim if isinstance(kernel_size, (int, np.integer)) else tuple(kernel_size)
+    if isinstance(kernel_size, (int, np.integer)):
+        sizes = (kernel_size,) * ndim
+    elif isinstance(kernel_size, Sequence):
+        sizes = tuple(kernel_size)
+    else:
+        raise ValueError(f"kernel_size must be an odd int or a sequence of them, got {kernel_size!r}")
     if len(sizes) != ndim:
         raise ValueError(f"kernel_size needs 1 or {ndim} values for {ndim} spatial dims, got {kernel_size!r}")
     for k in sizes:

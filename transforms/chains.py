@@ -79,6 +79,7 @@ __all__ = ["build_transforms", "chain_settings", "Chain", "find_data_error", "MO
 MODES = ("train", "val", "infer")
 DEFAULT_PATCH = {2: [128, 128], 3: [96, 96, 96]}
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def find_data_error(err: BaseException) -> DataError | None:
@@ -180,11 +181,10 @@ def chain_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _spatial(keys: Sequence[str], extra_keys: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-    """Keys, grid-sample modes and interpolate modes for the spatial transforms."""
+def _spatial(keys: Sequence[str], extra_keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Keys of the spatial transforms and their interpolation: bilinear for image and float extras."""
     all_keys = list(keys) + [k for k in extra_keys if k not in keys]
-    grid = ["bilinear" if k == IMAGE or k in extra_keys else "nearest" for k in all_keys]
-    return all_keys, grid, grid
+    return all_keys, ["bilinear" if k == IMAGE or k in extra_keys else "nearest" for k in all_keys]
 
 
 def _intensity(s: Mapping[str, Any]) -> list[Transform]:
@@ -306,9 +306,10 @@ def build_transforms(
             required=[IMAGE] if mode == "infer" else [IMAGE, LABEL],
         )
     ]
-    keys, grid, _ = _spatial(loaded, ())
+    keys, grid = _spatial(loaded, ())
     if dims == 3 and s["orientation"]:
-        chain.append(Orientationd(keys, axcodes=s["orientation"], allow_missing_keys=True))
+        # explicit labels: the NIfTI world is RAS (MONAI warns that its default will change)
+        chain.append(Orientationd(keys, axcodes=s["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
     if dims == 3 and s["spacing"] is not None:
         chain.append(Spacingd(keys, pixdim=s["spacing"], mode=grid, allow_missing_keys=True))
     if s["channels"] is not None:
@@ -330,7 +331,7 @@ def build_transforms(
         chain.append(MapLabelsd(FOV, None, 2, allow_missing_keys=True))
         chain += list(post_label)
     if mode == "train":
-        keys, _, _ = _spatial(loaded, extra_keys)
+        keys, _ = _spatial(loaded, extra_keys)
         patch = s["patch_size"]
         ratio = s["pos_neg_ratio"]
         chain += [
@@ -350,6 +351,6 @@ def build_transforms(
             DeleteItemsd([_FG, _BG]),
         ]
         chain += _augment(s, keys, extra_keys)
-    typed = [k for k in (*loaded, *extra_keys)] if mode != "infer" else [IMAGE]
+    typed = [*loaded, *extra_keys] if mode != "infer" else [IMAGE]
     chain.append(EnsureTyped(typed, dtype=torch.float32, allow_missing_keys=True))
     return Chain(chain)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +126,14 @@ def read_msd(root: str | Path) -> Dataset:
         raise DataError(f"{root / 'dataset.json'}: no 'training' list")
     problems = _Problems(root)
     items, bad, no_image, no_label = [], [], [], []
+    listed: set[Path] = set()
     for entry in training:
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             bad.append(repr(entry)[:60])
             continue
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve() if isinstance(entry.get("label"), str) else None
+        listed |= {image} | ({label} if label else set())
         if not image.is_file():
             no_image.append(entry["image"])
         elif label is None or not label.is_file():
@@ -140,11 +143,10 @@ def read_msd(root: str | Path) -> Dataset:
     problems.add("malformed training entries in dataset.json", bad)
     problems.add("listed images that do not exist", no_image)
     problems.add("images without a label", no_label)
-    listed = {Path(d[IMAGE]) for d in items} | {Path(d[LABEL]) for d in items}
     for sub, what in (("imagesTr", "images not listed in dataset.json"), ("labelsTr", "labels without an image")):
         if (root / sub).is_dir():
             problems.add(what, [p.name for p in data_files(root / sub) if p.resolve() not in listed])
-    problems.add("duplicate cases", sorted({d[CASE] for d in items if sum(e[CASE] == d[CASE] for e in items) > 1}))
+    problems.add("duplicate cases", sorted(c for c, k in Counter(d[CASE] for d in items).items() if k > 1))
     problems.raise_if_any()
     modality = meta.get("modality")
     channels = [str(modality[k]) for k in sorted(modality, key=str)] if isinstance(modality, dict) else None
