@@ -113,6 +113,68 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _size_arg(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or X,Y,Z, got {text!r}") from None
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from pipeline.data.synth import KINDS
+
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic look-alike dataset in its real layout",
+        description="Write N seeded synthetic cases: vessel2d (DRIVE layout), vessel3d and lung (MSD layout, "
+        "NIfTI in HU), cell (DSB2018 layout).",
+    )
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--out", required=True, help="dataset folder (must be empty unless --overwrite)")
+    p.add_argument("--n", type=int, default=8, help="number of training cases (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_size_arg, default=None, help="N (2D, 3D cube) or X,Y,Z; default per kind")
+    p.add_argument("--n-test", type=int, default=None, help="vessel2d: cases in test/ (default n // 4, at least 1)")
+    p.add_argument("--no-nodules", action="store_true", help="lung: lung fields only")
+    p.add_argument("--overwrite", action="store_true", help="replace this kind's files in a non-empty folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.data.synth import FORMAT_OF, make_dataset
+
+        size = args.size[0] if args.size and len(args.size) == 1 else args.size
+        try:
+            out = make_dataset(
+                args.kind, args.out, args.n, args.seed, size=size, n_test=args.n_test,
+                nodules=not args.no_nodules, overwrite=args.overwrite,
+            )  # fmt: skip
+        except ValueError as err:
+            if isinstance(err, MedsegError):  # a non-empty folder: the usual one-line error, exit 2
+                raise
+            p.error(str(err))
+        print(f"wrote {args.n} {args.kind} case(s) to {out} (data.format: {FORMAT_OF[args.kind]})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-data",
+        help="check every case of the configured dataset before training",
+        description="Load every case the config's data section points at, as training would, and list every "
+        "problem (unreadable files, shape mismatches, label values, NaN/Inf, channels). Exit 2 on problems.",
+    )
+    p.add_argument("-c", "--config", required=True, help="YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.data.check import run_check_data
+
+        return run_check_data(args.config, args.set)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -121,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_networks, _add_evaluate):
+    for add in (_add_networks, _add_synth, _add_check_data, _add_evaluate):
         add(sub)
     return parser
 

@@ -4,6 +4,7 @@ the others, so :func:`pipeline.config.root_schema` sees every section."""
 
 from __future__ import annotations
 
+import pipeline.data.schema  # noqa: F401  (declares the data and transforms sections)
 from pipeline.config import Component, Field, Section, register_section
 from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS
 

@@ -4,6 +4,14 @@ Datalists produced by ``pipeline.data`` and every dictionary transform in ``tran
 these names, so a loss, the trainer or a metric can find what it needs in a batch without
 configuration. Layouts are written channel first, ``C`` channels, spatial ``H W [D]``; a batch
 adds a leading ``B``.
+
+Datalist values (before loading, see :mod:`pipeline.data.readers`): a path, or a list of paths.
+A list under ``image`` is stacked as channels (nnU-Net's one file per channel); a list under
+``label`` / ``instance`` / ``fov`` holds one binary mask per object (DSB2018), which
+:class:`transforms.dictionary.LoadCased` turns into a union (``label``) or an id map
+(``instance``). Every loaded array is a MONAI ``MetaTensor`` (float32). 2D files load in
+MONAI's PIL convention: spatial axes ``(W, H)``, the transpose of ``numpy.asarray`` of the
+picture; MONAI's ``PILWriter`` transposes back when a prediction is saved.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ IMAGE = "image"
 """Intensity image, float32 ``C H W [D]`` after loading (RGB images have C=3)."""
 
 LABEL = "label"
-"""Semantic label, class indices ``1 H W [D]`` (0 = background) after label mapping."""
+"""Semantic label, class indices ``1 H W [D]`` (0 = background) after label mapping, float32."""
 
 INSTANCE = "instance"
 """Instance label (cells), ``1 H W [D]``, 0 = background, 1..N one id per object."""

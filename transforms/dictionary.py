@@ -1,0 +1,262 @@
+"""Dictionary transforms of our own (MONAI ``MapTransform`` s over datalist items).
+
+Sections: mean filter; loading a datalist item with checks; channel selection and label mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+
+from pipeline.data._utils import list_some
+from pipeline.errors import DataError
+from transforms.array import MapLabels, MeanFilter, SelectChannels
+from transforms.io import Image2DReader, file_kind, nifti_reader
+from transforms.keys import CASE, FOV, IMAGE, INSTANCE, LABEL
+
+__all__ = ["MeanFilterd", "LoadCased", "SelectChannelsd", "MapLabelsd"]
+
+# ============================================================================ mean filter (data helper)
+
+
+class MeanFilterd(MapTransform):
+    """Dictionary wrapper of :class:`transforms.array.MeanFilter`.
+
+    Args:
+        keys: keys of ``C H W [D]`` images to filter.
+        kernel_size: odd window size, one for all spatial axes or one per axis.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(self, keys: KeysCollection, kernel_size: int | Sequence[int] = 3, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.filter = MeanFilter(kernel_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.filter(d[key])
+        return d
+
+
+# ============================================================================ loading (data helper)
+
+_BINARY = (frozenset({0.0, 1.0}), frozenset({0.0, 255.0}))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+class LoadCased(MapTransform):
+    """Load the files of one datalist item into channel-first ``MetaTensor`` s, and check them.
+
+    Wraps MONAI's ``LoadImage`` (nibabel for NIfTI, :class:`transforms.io.Image2DReader` for
+    PNG/TIFF/GIF/JPEG/BMP; ``ensure_channel_first``; float32) and adds what it lacks: every
+    failure is a :class:`DataError` naming the file and the problem, and the loaded arrays are
+    checked before any transform can trip over them:
+
+    - unreadable, truncated or missing file; unsupported suffix;
+    - wrong number of spatial dims (a 4D volume or a 2D slice where 3D is expected);
+    - an image with the wrong number of channels (``image_channels``), NaN or Inf intensities;
+    - a label / fov / instance map with more than one distinct channel (RGB where grey is
+      expected; identical channels are collapsed to one);
+    - spatial shapes (or, in 3D, affines) that differ between the image and the other keys.
+
+    A list of paths under ``image`` is stacked as channels (nnU-Net). A list under a key in
+    ``mask_keys`` holds one binary mask (0/1 or 0/255) per object (DSB2018): ``instance`` keys
+    become an id map (0 = background, mask ``i`` → ``i + 1``; where masks overlap the first
+    wins), other keys the union (0/1). A mask with other values is a :class:`DataError`.
+
+    Args:
+        keys: keys to load; absent keys are skipped unless listed in ``required``.
+        spatial_dims: 2 or 3.
+        image_channels: channels the image must have after loading, or ``None`` for any.
+        required: keys that every item must have.
+        image_key: the key whose shape the others must match.
+        mask_keys: keys whose list values are per-object masks.
+        instance_keys: mask keys that become id maps instead of unions.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = (IMAGE, LABEL, FOV, INSTANCE),
+        spatial_dims: int = 2,
+        image_channels: int | None = None,
+        required: Sequence[str] = (IMAGE,),
+        image_key: str = IMAGE,
+        mask_keys: Sequence[str] = (LABEL, INSTANCE, FOV),
+        instance_keys: Sequence[str] = (INSTANCE,),
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if image_channels is not None and (not isinstance(image_channels, int) or image_channels < 1):
+            raise ValueError(f"image_channels must be a positive int or None, got {image_channels!r}")
+        self.spatial_dims = spatial_dims
+        self.image_channels = image_channels
+        self.required = tuple(required)
+        self.image_key = image_key
+        self.mask_keys = tuple(mask_keys)
+        self.instance_keys = tuple(instance_keys)
+        self._reader_2d = Image2DReader()
+        self._loaders = {
+            "nifti": LoadImage(reader=nifti_reader(), image_only=True, ensure_channel_first=True),
+            "2d": LoadImage(reader=self._reader_2d, image_only=True, ensure_channel_first=True),
+        }
+
+    # -- reading
+
+    def _loader(self, path: Any) -> LoadImage:
+        kind = file_kind(path)
+        if kind is None:
+            raise DataError(f"{path}: unsupported file type (expected NIfTI .nii/.nii.gz or PNG/TIFF/GIF/JPEG/BMP)")
+        return self._loaders[kind]
+
+    def _read(self, paths: Any) -> MetaTensor:
+        names = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        for name in names:
+            if not Path(name).is_file():
+                raise DataError(f"{name}: file not found")
+        loader = self._loader(names[0])
+        try:
+            return loader(names if len(names) > 1 else names[0])
+        except DataError:
+            raise
+        except Exception as err:  # any reader failure is a bad file; find which one
+            if len(names) > 1:
+                for name in names:
+                    self._read(name)
+            raise DataError(f"{names[0]}: cannot read ({_first_line(err)})") from err
+
+    def _read_masks(self, paths: Sequence[Any]) -> MetaTensor:
+        """Per-object binary masks → id map ``1 H W [D]`` (mask ``i`` → ``i + 1``, first wins)."""
+        if not paths:
+            raise DataError("empty list of mask files")
+        first = self._read(paths[0])
+        ids = np.zeros(first.shape[1:], dtype=np.int32)
+        for index, path in enumerate(paths):
+            if self._loader(path) is self._loaders["2d"]:
+                try:
+                    arr = np.asarray(self._reader_2d.get_data(self._reader_2d.read(str(path)))[0])
+                except Exception as err:
+                    raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+            else:
+                arr = np.asarray(self._read(path))[0]
+            if arr.shape != ids.shape:
+                raise DataError(f"{path}: mask shape {arr.shape} differs from {paths[0]} {ids.shape}")
+            values = frozenset(np.unique(arr).astype(float).tolist())
+            if not any(values <= allowed for allowed in _BINARY):
+                shown = list_some([f"{v:g}" for v in sorted(values)], 6)
+                raise DataError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
+            ids[(arr > 0) & (ids == 0)] = index + 1
+        return MetaTensor(torch.from_numpy(ids[None].astype(np.float32)), meta=dict(first.meta))
+
+    # -- checking
+
+    def _check(self, key: Hashable, x: MetaTensor, source: Any) -> MetaTensor:
+        name = source if isinstance(source, (str, Path)) else source[0]
+        what = "a 2D image" if self.spatial_dims == 2 else "a 3D volume"
+        spatial = x.ndim - 1
+        if spatial != self.spatial_dims:
+            hint = " (a 4D volume?)" if spatial == 4 else ""
+            raise DataError(f"{name}: expected {what}, got {spatial} spatial dims, shape {tuple(x.shape[1:])}{hint}")
+        if key == self.image_key:
+            if self.image_channels is not None and x.shape[0] != self.image_channels:
+                kind = "RGB" if x.shape[0] == 3 else ("a 4D volume" if self.spatial_dims == 3 else "multi-channel")
+                raise DataError(
+                    f"{name}: image has {x.shape[0]} channels ({kind}), expected {self.image_channels} "
+                    "(network.in_channels); pick channels with transforms.channels"
+                )
+            if not bool(torch.isfinite(x).all()):
+                raise DataError(f"{name}: image has NaN or Inf intensities")
+        elif x.shape[0] > 1:
+            if not bool((x == x[:1]).all()):
+                raise DataError(f"{name}: {key} has {x.shape[0]} different channels; expected one label map")
+            x = x[:1]
+        return x
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = d.get(CASE, "?")
+        for key in self.required:
+            if key not in d:
+                raise DataError(f"datalist item {case!r} has no {key!r} entry")
+        masks: dict[tuple[str, ...], MetaTensor] = {}
+        sources: dict[Hashable, Any] = {}
+        for key in self.key_iterator(d):
+            value = d[key]
+            sources[key] = value
+            if isinstance(value, (list, tuple)) and key in self.mask_keys:
+                cache = tuple(str(v) for v in value)
+                if cache not in masks:
+                    masks[cache] = self._read_masks(value)
+                ids = masks[cache]
+                x = ids.clone() if key in self.instance_keys else (ids > 0).to(torch.float32)
+            else:
+                x = self._read(value)
+            d[key] = self._check(key, x, value)
+        ref = d.get(self.image_key)
+        if ref is None:
+            return d
+        first = sources[self.image_key]
+        first = first if isinstance(first, (str, Path)) else first[0]
+        for key, value in sources.items():
+            if key == self.image_key:
+                continue
+            other = value if isinstance(value, (str, Path)) else value[0]
+            if tuple(d[key].shape[1:]) != tuple(ref.shape[1:]):
+                raise DataError(
+                    f"{first}: image shape {tuple(ref.shape[1:])} differs from {key} {other} "
+                    f"shape {tuple(d[key].shape[1:])}"
+                )
+            if self.spatial_dims == 3 and not np.allclose(
+                np.asarray(ref.affine), np.asarray(d[key].affine), atol=1e-3, rtol=1e-4
+            ):
+                raise DataError(f"{first}: image and {key} {other} have different affines (voxel geometry)")
+        return d
+
+
+# ============================================================================ channels and labels (data helper)
+
+
+class SelectChannelsd(MapTransform):
+    """Dictionary wrapper of :class:`transforms.array.SelectChannels`."""
+
+    def __init__(self, keys: KeysCollection, channels: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.select = SelectChannels(channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.select(d[key])
+        return d
+
+
+class MapLabelsd(MapTransform):
+    """Dictionary wrapper of :class:`transforms.array.MapLabels` (raw values → class indices, strictly)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        values: Sequence[float] | None = None,
+        num_classes: int = 2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mapper = MapLabels(values, num_classes)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.mapper(d[key])
+        return d
