@@ -175,6 +175,46 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a network as a config says",
+        description="Train the configured network on the configured data, validating by sliding window. "
+        "Under torchrun (torchrun --nproc_per_node N -m pipeline.cli train -c CONFIG) it trains with DDP.",
+    )
+    p.add_argument("-c", "--config", required=True, help="YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder from checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
+    p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    p.add_argument("--patience", type=int, help="shorthand for --set train.patience=N (0 = no early stopping)")
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="shorthand for --set train.time_budget=MIN")
+    p.add_argument("--device", help="shorthand for --set train.device=DEVICE (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--output", help="shorthand for --set train.output=DIR")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.run import run_training
+
+        sets = list(args.set)
+        for flag, key in (("epochs", "epochs"), ("patience", "patience"), ("time_budget", "time_budget"),
+                          ("device", "device"), ("output", "output")):  # fmt: skip
+            value = getattr(args, flag)
+            if value is not None:
+                sets.append(f"train.{key}={value}")
+        summary = run_training(args.config, sets, resume=args.resume, overwrite=args.overwrite)
+        if summary["rank"] == 0:
+            best = (
+                "n/a" if summary["best_dice"] is None else f"{summary['best_dice']:.4f} (epoch {summary['best_epoch']})"
+            )
+            print(
+                f"trained {summary['epochs']} epochs in {summary['minutes']:.1f} min ({summary['stop_reason']}); "
+                f"best validation Dice {best}; run folder {summary['run_dir']}"
+            )
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -183,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_networks, _add_synth, _add_check_data, _add_evaluate):
+    for add in (_add_networks, _add_synth, _add_check_data, _add_train, _add_evaluate):
         add(sub)
     return parser
 

@@ -212,9 +212,9 @@ class Trainer:
             self.checkpoint_state(), self.checkpoint_dir / f"{name}.pt", keep_previous=name == "last"
         )
 
-    def resume(self, path: str | Path) -> None:
-        """Restore weights, optimiser, scheduler, loop state, RNG and loss schedule from ``path``."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def resume(self, checkpoint: str | Path | Mapping[str, Any]) -> None:
+        """Restore weights, optimiser, scheduler, loop state and RNG from a checkpoint (path or loaded)."""
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, map_location=self.device)
         self.model.load_state_dict(ckpt["network"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
