@@ -94,6 +94,9 @@ def test_maps_batch_requires_dist_and_shapes_must_match():
         KervadecBoundaryLoss(softmax=True, to_onehot_y=True, maps="batch")(logits, label)
     with pytest.raises(ValueError, match=r"dist \(2, 2, 16, 16\) vs input \(2, 3, 16, 16\)"):
         KervadecBoundaryLoss(softmax=True, to_onehot_y=True)(logits, label, dist=torch.zeros(2, 2, 16, 16))
+    with pytest.raises(ValueError, match=r"input \(2, 3, 16, 16\) vs target \(2, 1, 16, 15\)"):
+        # with given maps the target is not converted, but still checked
+        KervadecBoundaryLoss(softmax=True, to_onehot_y=True)(logits, label[..., :15], dist=torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match="maps must be one of"):
         KervadecBoundaryLoss(maps="cache")
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -19,7 +19,7 @@ Backends:
 * ``"edt"``: the ``edt`` package (seung-lab; exact Felzenszwalb–Huttenlocher, C++, 2D/3D).
   One *multi-label* pass over ``mask + 1`` gives, at every voxel, the distance to the nearest
   voxel of the other phase: the inside and the outside distances at once (scipy needs two
-  passes). About 50× faster than two ``scipy.ndimage.distance_transform_edt`` calls on a
+  passes). About 14× faster than two ``scipy.ndimage.distance_transform_edt`` calls on a
   256×256×128 mask (``bench/distance.py``). float32 output.
 * ``"scipy"``: two ``scipy.ndimage.distance_transform_edt`` calls (float64, any dimension).
 * ``"cupy"``: ``cupyx.scipy.ndimage.distance_transform_edt`` on CUDA tensors (the optional
@@ -119,7 +119,7 @@ def signed_distance(
     Returns:
         float32 array shaped like ``mask``.
     """
-    mask = np.asarray(mask).astype(bool, copy=False)
+    mask = np.ascontiguousarray(mask, dtype=bool)
     sp = resolve_spacing(spacing, mask.ndim)
     if check_backend(backend) == "cupy":
         raise ValueError("backend 'cupy' needs a CUDA tensor: use batch_signed_distance")
@@ -130,9 +130,10 @@ def signed_distance(
     if _cpu_backend(backend, mask.ndim) == "edt":
         # two labels (1 = outside, 2 = inside) and no zeros: the multi-label EDT returns, for
         # every voxel, the distance to the nearest voxel of the other phase.
-        phases = np.ascontiguousarray(mask, dtype=np.uint8) + np.uint8(1)
-        dist = _edt.edt(phases, anisotropy=sp, black_border=False, parallel=1)
-        return np.where(mask, h - dist, dist).astype(np.float32, copy=False)
+        phases = mask.view(np.uint8) + np.uint8(1)
+        dist = _edt.edt(phases, anisotropy=sp, black_border=False, parallel=1).astype(np.float32, copy=False)
+        np.subtract(np.float32(h), dist, out=dist, where=mask)  # in place: one pass, no temporaries
+        return dist
     from scipy.ndimage import distance_transform_edt
 
     inside = distance_transform_edt(mask, sampling=sp)
@@ -152,7 +153,8 @@ def label_signed_distance(
     map of a complement is ``h - map`` (``h`` = smallest spacing).
 
     Args:
-        label: integer class indices, spatial axes only (``HW[D]``), values in ``[0, num_classes)``.
+        label: class indices (integer, or whole-valued floats), spatial axes only (``HW[D]``),
+            values in ``[0, num_classes)``.
         num_classes: ``K``, background included.
         spacing: voxel size per axis; ``None`` is 1.0.
         backend: CPU backend (``"auto"``, ``"edt"``, ``"scipy"``).
@@ -161,11 +163,13 @@ def label_signed_distance(
         float32 array ``K H W [D]``.
     """
     label = np.asarray(label)
-    out = np.zeros((num_classes, *label.shape), np.float32)
+    out = np.empty((num_classes, *label.shape), np.float32)
     if num_classes == 2:
         out[1] = signed_distance(label == 1, spacing, backend)
         if out[1].any():  # otherwise class 1 is empty or full, so class 0 is full or empty
-            out[0] = min(resolve_spacing(spacing, label.ndim)) - out[1]
+            np.subtract(np.float32(min(resolve_spacing(spacing, label.ndim))), out[1], out=out[0])
+        else:
+            out[0] = 0.0
         return out
     for k in range(num_classes):
         out[k] = signed_distance(label == k, spacing, backend)

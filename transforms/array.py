@@ -32,8 +32,9 @@ class SignedDistanceMap(Transform):
     they equal ``monai.losses.BoundaryLoss.compute_distance_map``.
 
     MONAI has no such transform (its ``BoundaryLoss`` recomputes the maps with scipy at every
-    forward); the EDT here is the ``edt`` package's exact multi-label transform, ~50× faster
-    than scipy per case (see :mod:`transforms._distance`).
+    forward); the EDT here is the ``edt`` package's exact multi-label transform: a 2-class
+    256×256×128 case takes ~0.35 s against ~4.9 s for the leanest scipy route and ~10.6 s for
+    MONAI's (``bench/distance.py``; see :mod:`transforms._distance`).
 
     Args:
         num_classes: ``K``, background included (at least 2).
@@ -87,7 +88,7 @@ class SignedDistanceMap(Transform):
         arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
         if channels == 1:
             indices = arr[0]
-            if not np.issubdtype(indices.dtype, np.integer):
+            if not np.issubdtype(indices.dtype, np.integer):  # MONAI loads labels as float32
                 indices = np.rint(indices)
             lo, hi = indices.min(initial=0), indices.max(initial=0)
             if lo < 0 or hi >= self.num_classes:
@@ -95,7 +96,7 @@ class SignedDistanceMap(Transform):
                     f"label holds class indices in [{lo:g}, {hi:g}] but num_classes={self.num_classes}; "
                     "map the labels to 0..K-1 first or raise num_classes"
                 )
-            out = label_signed_distance(indices.astype(np.int64), self.num_classes, spacing, self.edt_backend)
+            out = label_signed_distance(indices, self.num_classes, spacing, self.edt_backend)
         else:
             out = np.stack([signed_distance(arr[k] > 0.5, spacing, self.edt_backend) for k in range(channels)])
         if isinstance(label, MetaTensor):

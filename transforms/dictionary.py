@@ -31,11 +31,13 @@ class SignedDistanceMapd(MapTransform):
         → RandCropByPosNegLabeld → RandRotated / RandZoomd / RandFlipd
         → SignedDistanceMapd(keys="label", num_classes=K, spacing=<Spacingd pixdim>)
 
-    There the maps are exact for the patch the network sees, and computing them costs less
-    than carrying cached maps through the spatial transforms would (25 ms vs 66 ms of extra
-    rotate + zoom for a 2-class 96³ patch, ~1 ms for a 256² patch), which also leaves an
-    interpolation error. Without random spatial transforms (validation, or crops only), put it
-    before the first random transform and the dataset caches it.
+    There the maps are exact for the patch the network sees (bound: equal to an exact scipy
+    recomputation on the augmented label within 1e-5), and computing them costs less than
+    carrying cached maps through the same transforms: 31 ms against 54 ms of extra
+    rotate/zoom/flip work for a 2-class 96³ patch, 2 ms against 4 ms for 256², on one core.
+    Carrying (bilinear, border padding, values × zoom) also errs by 0.34 voxel on average
+    (p99 1.5) within 5 voxels of the edge. Without random spatial transforms (validation, or
+    crops only), put it before the first random transform and the dataset caches it.
 
     Pass ``spacing`` explicitly after ``RandZoomd``: zooming rescales the label's affine, so
     reading the spacing from it would undo the zoom in physical units, while the boundary loss

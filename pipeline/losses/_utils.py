@@ -74,8 +74,13 @@ class SegLoss(_Loss):
 
     # ------------------------------------------------------------------ input handling
 
-    def prepare(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(
+        self, input: torch.Tensor, target: torch.Tensor, convert: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ``input`` (still logits) and a one-hot float32 ``target`` of the same shape.
+
+        With ``convert=False`` the target is only checked (a loss that does not read it skips
+        the one-hot conversion) and returned as given.
 
         Raises:
             ValueError: not ``BNHW[D]``, or shapes that differ after one-hot conversion.
@@ -98,6 +103,13 @@ class SegLoss(_Loss):
                         f"to_onehot_y=True needs class indices B1HW[D], got target {tuple(target.shape)} "
                         f"for input {tuple(input.shape)}"
                     )
+                if not convert:
+                    if target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
+                        raise ValueError(
+                            f"input and target shapes differ: input {tuple(input.shape)} vs target "
+                            f"{tuple(target.shape)} (class indices must match input's batch and spatial axes)"
+                        )
+                    return input, target
                 target = one_hot(target, num_classes=n_pred)
         if target.shape != input.shape:
             raise ValueError(

@@ -93,19 +93,20 @@ class KervadecBoundaryLoss(SegLoss):
         Raises:
             ValueError: shape mismatches (both shapes named); ``maps="batch"`` without ``dist``.
         """
-        logits, target = self.prepare(input, target)
-        probs = self.probabilities(logits)
-        if self.maps == "compute" or (dist is None and self.maps == "auto"):
-            probs, target = self.drop_background(probs, target)
-            dist = self.compute_maps(target)
-        elif dist is None:
+        if self.maps == "batch" and dist is None:
             raise ValueError(
                 "maps='batch' but no 'dist' was given: add SignedDistanceMapd to the data chain "
                 "(or use maps='auto' to compute the maps per step)"
             )
-        else:
+        given = dist is not None and self.maps != "compute"
+        logits, target = self.prepare(input, target, convert=not given)  # given maps: target only checked
+        probs = self.probabilities(logits)
+        if given:
             dist = self._match(dist, probs)
             probs, dist = self.drop_background(probs, dist)
+        else:
+            probs, target = self.drop_background(probs, target)
+            dist = self.compute_maps(target)
         per_class = (probs * dist).flatten(2).mean(2)
         if self.batch:
             per_class = per_class.mean(0)
