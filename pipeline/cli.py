@@ -69,9 +69,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "the label's spacing; missed or hallucinated structures score the image diagonal), and write "
         "per_case.csv and summary.json to the output folder.",
     )
-    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label images")
-    p.add_argument("--label", required=True, metavar="DIR", help="folder of reference label images")
+    p.add_argument("--pred", metavar="DIR", help="folder of predicted label images")
+    p.add_argument("--label", metavar="DIR", help="folder of reference label images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for per_case.csv and summary.json")
+    p.add_argument("-c", "--config", help="with --checkpoint: the config whose data to evaluate (default: the run's)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="run inference with this checkpoint first, on --split")
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="with --checkpoint (default: test)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --checkpoint: override config")
+    p.add_argument("--device", help="with --checkpoint: auto, cpu, cuda, cuda:N")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="with --checkpoint: flip TTA")
+    p.add_argument("--save-predictions", action="store_true", help="with --checkpoint: write OUTPUT/predictions/")
     p.add_argument("--fov", metavar="DIR", help="folder of field-of-view masks (e.g. DRIVE); outside = ignored")
     p.add_argument("--classes", nargs="+", type=_positive_int, metavar="C", help="classes to evaluate (default: all)")
     p.add_argument("--nsd-tolerance", type=_non_negative_float, default=1.0, metavar="MM", help="NSD tolerance (mm)")
@@ -92,6 +101,30 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing per_case.csv / summary.json")
 
     def run(args: argparse.Namespace) -> int:
+        if args.checkpoint:
+            if args.pred or args.label:
+                p.error("give either --checkpoint (inference first) or --pred and --label, not both")
+            from pipeline.engines.predictor import evaluate_split
+
+            evaluator = evaluate_split(
+                args.checkpoint,
+                args.output,
+                split=args.split,
+                config_path=args.config,
+                overrides=args.set,
+                device=args.device,
+                tta=args.tta,
+                save_predictions=args.save_predictions,
+                overwrite=args.overwrite,
+                metrics=args.metrics,
+                nsd_tolerance=args.nsd_tolerance,
+                progress=sys.stderr.isatty(),
+            )
+            print(evaluator.table())
+            print(f"wrote {args.output}/per_case.csv and {args.output}/summary.json")
+            return 0
+        if not (args.pred and args.label):
+            p.error("--pred and --label are required (or --checkpoint to run inference first)")
         from pipeline.engines.evaluator import evaluate_folder
 
         evaluator = evaluate_folder(
@@ -215,6 +248,45 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="segment images or volumes with a trained checkpoint",
+        description="Segment a file or every image in a folder by sliding-window inference and write label "
+        "maps in the input's format and geometry (NIfTI with the input's affine and header; PNG at the input's "
+        "size). The config stored in the checkpoint is used unless -c is given.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (e.g. runs/x/checkpoints/best.pt)")
+    p.add_argument("--input", required=True, metavar="FILE|DIR", help="an image or a folder of images")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
+    p.add_argument("-c", "--config", help="config to use instead of the checkpoint's own")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: infer.device)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.npz")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.predictor import run_inference
+
+        written = run_inference(
+            args.checkpoint,
+            args.input,
+            args.output,
+            config_path=args.config,
+            overrides=args.set,
+            device=args.device,
+            tta=args.tta,
+            save_probabilities=True if args.probabilities else None,
+            overwrite=args.overwrite,
+            progress=sys.stderr.isatty(),
+        )
+        print(f"wrote {len(written)} file(s) to {args.output}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -223,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_networks, _add_synth, _add_check_data, _add_train, _add_evaluate):
+    for add in (_add_networks, _add_synth, _add_check_data, _add_train, _add_infer, _add_evaluate):
         add(sub)
     return parser
 

@@ -101,14 +101,20 @@ def build_scheduler(config: Mapping[str, Any], optimizer: torch.optim.Optimizer)
     return build_component(config["scheduler"], SCHEDULERS, optimizer, config["train"]["epochs"], where="scheduler")
 
 
-def distance_transforms(config: Mapping[str, Any], loss: torch.nn.Module) -> tuple[list, tuple[str, ...]]:
-    """Transforms (and extra keys) that give a loss the batch entries it lists in ``extra_inputs``."""
-    wanted = tuple(getattr(loss, "extra_inputs", ()))
-    if keys.DIST not in wanted:
-        return [], ()
+def distance_transforms(config: Mapping[str, Any], loss: torch.nn.Module) -> list:
+    """Transforms that give a loss the batch entries it lists in ``extra_inputs``.
+
+    Signed distance maps are computed on the augmented patch, after every random transform:
+    measured cheaper than carrying cached maps through rotation and zoom, and exact (see
+    :class:`transforms.dictionary.SignedDistanceMapd`). Spacing is the resampling target when
+    one is set, else the label's own (1 for 2D images).
+    """
+    if keys.DIST not in tuple(getattr(loss, "extra_inputs", ())):
+        return []
     from transforms.dictionary import SignedDistanceMapd
 
-    return [SignedDistanceMapd(keys.LABEL, num_classes=num_classes(config))], (keys.DIST,)
+    spacing = config.get("transforms", {}).get("spacing")
+    return [SignedDistanceMapd(keys.LABEL, num_classes=num_classes(config), spacing=spacing)]
 
 
 def shard(items: Sequence[Mapping[str, Any]], rank: int, world_size: int) -> list[Mapping[str, Any]]:
@@ -158,18 +164,17 @@ def build_loaders(
     world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Training and validation loaders; under DDP each rank caches and samples only its shard."""
-    from transforms.chains import build_transforms
+    from transforms.chains import Chain, build_transforms
 
     train_cfg = config["train"]
     workers = train_cfg["num_workers"] if train_cfg["num_workers"] >= 0 else auto_workers(device)
-    post, extra = distance_transforms(config, loss)
     if not splits.get("train"):
         raise ConfigError("data: the training split is empty; check data.root and the split fractions")
     cache_root = Path(train_cfg.get("cache_dir") or Path(run_dir) / "cache")
     train_items = shard(splits["train"], rank, world_size)
     train_ds = make_dataset(
         train_items,
-        build_transforms(config, "train", extra_keys=extra, post_label=post),
+        Chain([*build_transforms(config, "train").transforms, *distance_transforms(config, loss)]),
         train_cfg,
         cache_root / "train",
         workers,

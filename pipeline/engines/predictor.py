@@ -1,0 +1,333 @@
+"""From a checkpoint to label maps on disk (``medseg infer``) or to metrics (``medseg evaluate -c``).
+
+:class:`Predictor` loads a checkpoint (``weights_only=True``), builds the network and the
+``infer`` transform chain of its config, runs :func:`pipeline.engines.inferer.predict` on each
+case and undoes the chain's spatial steps (orientation, spacing) with MONAI's ``Invertd``, so
+predictions come back in the geometry of the file they were made from:
+
+- NIfTI in, NIfTI out, with the input's affine and header (data type uint8, or int16 past 255
+  classes);
+- PNG / TIFF / GIF / JPEG in, PNG out at the input's size.
+
+Class indices are written as the raw label values of the config (``transforms.label_values``,
+e.g. 0/255 for DRIVE), so a prediction looks like the dataset's own labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd
+from tqdm.auto import tqdm
+
+from pipeline.config import load_config
+from pipeline.engines import factory
+from pipeline.engines.checkpoint import load_checkpoint
+from pipeline.engines.inferer import autocast_dtype, predict
+from pipeline.errors import DataError, MedsegError
+from transforms import keys
+
+__all__ = ["Predictor", "Prediction", "run_inference", "evaluate_split", "output_name", "find_inputs"]
+
+NIFTI = (".nii.gz", ".nii")
+IMAGES_2D = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    for suffix in NIFTI + IMAGES_2D:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def output_name(path: str | os.PathLike) -> str:
+    """The prediction's file name: NIfTI keeps its name, 2D images become ``<stem>.png``."""
+    name = Path(path).name
+    suffix = _suffix(path)
+    if suffix in NIFTI:
+        return name
+    return name[: len(name) - len(suffix)] + ".png"
+
+
+def find_inputs(source: str | os.PathLike) -> list[Path]:
+    """Image files of a file or a folder (sorted; hidden and macOS ``._`` files skipped).
+
+    Raises:
+        DataError: nothing usable there.
+    """
+    source = Path(source)
+    if source.is_file():
+        if not _suffix(source):
+            raise DataError(f"{source}: not an image this tool reads ({', '.join(NIFTI + IMAGES_2D)})")
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such file or folder")
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p))
+    if not files:
+        raise DataError(f"{source}: no images found ({', '.join(NIFTI + IMAGES_2D)})")
+    names = [output_name(p) for p in files]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(f"{source}: several inputs would write the same output {clash[0]!r}; rename them")
+    return files
+
+
+@dataclass
+class Prediction:
+    """One case's result in the geometry of its input file (MONAI's loaded array order)."""
+
+    probabilities: torch.Tensor  # K spatial, float32, CPU
+    labels: np.ndarray  # spatial, uint8/int16 class indices
+    image: MetaTensor  # the transformed input (meta: filename, affine)
+
+
+class Predictor:
+    """A trained network ready to segment files.
+
+    Args:
+        checkpoint: path to a medseg checkpoint.
+        config: a resolved config to use instead of the checkpoint's own (its ``network`` must
+            match the weights); ``None`` uses the checkpoint's.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``; ``None`` takes ``infer.device``.
+        tta / sw_batch_size / overlap: override the config's ``infer`` settings.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        config: Mapping[str, Any] | None = None,
+        *,
+        device: str | None = None,
+        tta: bool | None = None,
+        sw_batch_size: int | None = None,
+        overlap: float | None = None,
+    ) -> None:
+        from transforms.chains import build_transforms
+
+        ckpt = load_checkpoint(checkpoint)
+        self.config = dict(config) if config is not None else ckpt["config"]
+        infer = dict(self.config["infer"])
+        for key, value in (("tta", tta), ("sw_batch_size", sw_batch_size), ("overlap", overlap)):
+            if value is not None:
+                infer[key] = value
+        infer["roi_size"] = factory.roi_size(self.config)
+        self.infer = infer
+        self.device = factory.select_device(device or infer["device"])
+        self.network = factory.build_network(self.config)
+        try:
+            self.network.load_state_dict(ckpt["network"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise MedsegError(f"{checkpoint}: weights do not fit the configured network ({first})") from None
+        self.network.to(self.device).eval()
+        self.amp_dtype = autocast_dtype(infer["amp"], self.device)
+        self.chain = build_transforms(self.config, "infer")
+        self.label_values = self.config.get("transforms", {}).get("label_values")
+
+    def __call__(self, item: Mapping[str, Any] | str | os.PathLike) -> Prediction:
+        """Segment one datalist item (or an image path)."""
+        data = dict(item) if isinstance(item, Mapping) else {keys.IMAGE: str(item)}
+        data = {k: v for k, v in data.items() if k in (keys.IMAGE, keys.CASE)}
+        data = self.chain(data)
+        image = data[keys.IMAGE]
+        probs = predict(
+            self.network,
+            image.as_tensor()[None] if isinstance(image, MetaTensor) else torch.as_tensor(image)[None],
+            roi_size=self.infer["roi_size"],
+            overlap=self.infer["overlap"],
+            mode=self.infer["mode"],
+            sw_batch_size=self.infer["sw_batch_size"],
+            tta=self.infer["tta"],
+            amp_dtype=self.amp_dtype,
+            device=self.device,
+        )[0]
+        probs = self._invert(probs.cpu(), data)
+        labels = probs.argmax(0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.int16)
+        return Prediction(probabilities=probs, labels=labels, image=image)
+
+    def _invert(self, probs: torch.Tensor, data: Mapping[str, Any]) -> torch.Tensor:
+        image = data[keys.IMAGE]
+        if not isinstance(image, MetaTensor) or not image.applied_operations:
+            return probs
+        pred = MetaTensor(probs, meta=dict(image.meta))
+        out = Invertd(keys="pred", transform=self.chain, orig_keys=keys.IMAGE, nearest_interp=False)(
+            {keys.IMAGE: image, "pred": pred}
+        )["pred"]
+        return torch.as_tensor(out).float()
+
+    def raw_values(self, labels: np.ndarray) -> np.ndarray:
+        """Class indices → the dataset's raw label values (``transforms.label_values``)."""
+        if not self.label_values:
+            return labels
+        lut = np.asarray(self.label_values, dtype=np.float64)
+        if lut.max() <= 255 and lut.min() >= 0:
+            return lut.astype(np.uint8)[labels]
+        return lut.astype(np.int16)[labels]
+
+
+def write_prediction(
+    labels: np.ndarray,
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    probabilities: torch.Tensor | None = None,
+) -> list[Path]:
+    """Write ``labels`` (loaded array order of ``source``) next to nothing else, atomically.
+
+    NIfTI: the source's header and affine; 2D: a PNG at the source's size (MONAI's PIL reader
+    gives ``W H``, so the array is transposed back to ``H W``).
+    """
+    import nibabel as nib
+    from PIL import Image
+
+    target = Path(target)
+    written = []
+    tmp = target.with_name(f".{target.name}.tmp")
+    if _suffix(source) in NIFTI:
+        ref = nib.load(str(source))
+        header = ref.header.copy()
+        header.set_data_dtype(labels.dtype)
+        header.set_slope_inter(1, 0)
+        data = labels.reshape(ref.shape) if labels.size == int(np.prod(ref.shape)) else labels
+        img = nib.Nifti1Image(data, ref.affine, header)
+        tmp = target.with_name(f".tmp.{target.name}")  # nibabel picks the format from the suffix
+        nib.save(img, str(tmp))
+    else:
+        arr = np.ascontiguousarray(labels.T)
+        Image.fromarray(arr.astype(np.uint8) if arr.max(initial=0) <= 255 else arr.astype(np.uint16)).save(
+            tmp, format="PNG"
+        )
+    os.replace(tmp, target)
+    written.append(target)
+    if probabilities is not None:
+        prob_path = target.with_name(target.name.split(".")[0] + "_probabilities.npz")
+        arr = probabilities.numpy()
+        if _suffix(source) not in NIFTI:
+            arr = np.swapaxes(arr, 1, 2)
+        tmp = prob_path.with_name(f".tmp.{prob_path.name}")
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probabilities=arr.astype(np.float16))
+        os.replace(tmp, prob_path)
+        written.append(prob_path)
+    return written
+
+
+def run_inference(
+    checkpoint: str | os.PathLike,
+    inputs: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    config_path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    tta: bool | None = None,
+    save_probabilities: bool | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment a file or every image of a folder into ``output``; returns the files written.
+
+    Raises:
+        MedsegError: existing outputs without ``overwrite``, an unwritable folder, bad inputs.
+    """
+    files = find_inputs(inputs)
+    output = Path(output)
+    targets = [output / output_name(p) for p in files]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise MedsegError(
+            f"{existing[0]} exists ({len(existing)} of {len(targets)} outputs do); pass --overwrite to replace them"
+        )
+    config = None
+    if config_path is not None or overrides:
+        base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
+        config = load_config(config_path, overrides, base=base)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MedsegError(f"{output}: cannot create the output folder ({err.strerror})") from None
+    if not os.access(output, os.W_OK):
+        raise MedsegError(f"{output}: the output folder is not writable")
+    predictor = Predictor(checkpoint, config, device=device, tta=tta)
+    keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
+    written: list[Path] = []
+    for path, target in tqdm(list(zip(files, targets, strict=True)), desc="cases", disable=not progress):
+        result = predictor(path)
+        written += write_prediction(
+            predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
+        )
+    return written
+
+
+def _load_reference(config: Mapping[str, Any], item: Mapping[str, Any]) -> tuple[np.ndarray, tuple, np.ndarray | None]:
+    """Label (class indices), spacing and optional FOV of an item, in the file's loaded geometry."""
+    from transforms.chains import chain_settings
+    from transforms.dictionary import LoadCased, MapLabelsd
+
+    s = chain_settings(config)
+    wanted = {k: item[k] for k in (keys.LABEL, keys.FOV) if k in item}
+    load = LoadCased(list(wanted), spatial_dims=s["spatial_dims"], required=[keys.LABEL], image_key=keys.LABEL)
+    d = MapLabelsd(keys.LABEL, s["label_values"], s["num_classes"])(load(wanted))
+    d = MapLabelsd(keys.FOV, None, 2, allow_missing_keys=True)(d)
+    label = d[keys.LABEL]
+    spacing = tuple(float(v) for v in label.pixdim[: s["spatial_dims"]]) if isinstance(label, MetaTensor) else None
+    fov = np.asarray(d[keys.FOV])[0] if keys.FOV in d else None
+    return np.asarray(label)[0].astype(np.int64), spacing, fov
+
+
+def evaluate_split(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    split: str = "test",
+    config_path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    tta: bool | None = None,
+    save_predictions: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    metrics: Iterable[str] | None = None,
+    nsd_tolerance: float = 1.0,
+):
+    """Run inference on a split of the configured dataset and evaluate it against its labels.
+
+    Returns:
+        The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
+    """
+    from pipeline.data import load_datalist
+    from pipeline.engines.evaluator import Evaluator, check_outputs
+    from pipeline.metrics import METRICS
+
+    base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
+    config = load_config(config_path, overrides, base=base)
+    items = load_datalist(config["data"]).get(split) or []
+    if not items:
+        raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
+    check_outputs(output, overwrite)
+    predictor = Predictor(checkpoint, config, device=device, tta=tta)
+    classes = tuple(range(1, factory.num_classes(config)))
+    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=tuple(metrics or METRICS))
+    pred_dir = Path(output) / "predictions"
+    if save_predictions:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+    for item in tqdm(items, desc=f"evaluating {split}", disable=not progress):
+        result = predictor(item)
+        label, spacing, fov = _load_reference(config, item)
+        if label.shape != result.labels.shape:
+            raise DataError(
+                f"{item[keys.LABEL]}: label shape {label.shape} differs from the prediction's {result.labels.shape}"
+            )
+        evaluator.add(str(item.get(keys.CASE)), result.labels, label, spacing=spacing, fov=fov)
+        if save_predictions:
+            source = item[keys.IMAGE][0] if isinstance(item[keys.IMAGE], (list, tuple)) else item[keys.IMAGE]
+            write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source))
+    evaluator.write(output, overwrite=overwrite)
+    return evaluator
