@@ -87,7 +87,12 @@ class SegmentationNetwork(nn.Module):
 
     @property
     def min_size(self) -> int:
-        """The smallest size accepted along each spatial axis: one cell at the coarsest level."""
+        """The smallest size accepted along each spatial axis: one cell at the coarsest level.
+
+        Instance norm in training also needs more than one voxel at the coarsest level (torch
+        raises ``Expected more than 1 spatial element``): any axis of ``2 * size_divisor`` or more
+        gives that.
+        """
         return self._size_divisor
 
     def check_input(self, x: torch.Tensor) -> tuple[int, ...]:
