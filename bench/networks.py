@@ -168,7 +168,7 @@ def memory_json(names: list[str], runs: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per network; the median is shown")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per network; the median is shown")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], choices=[2, 3])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--names", nargs="+", default=list(NAMES), help="registered networks (or variants) to measure")

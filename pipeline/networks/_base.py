@@ -18,6 +18,8 @@ returns the full-resolution tensor only, so sliding-window inference works uncha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,7 +170,7 @@ class EncoderDecoder(SegmentationNetwork):
         self.levels = levels
         self.ds_heads = ds_heads
 
-    def build_heads(self, channels: tuple[int, ...], make_head) -> None:
+    def build_heads(self, channels: tuple[int, ...], make_head: Callable[[int], nn.Module]) -> None:
         """``make_head(ch)`` returns a module mapping ``ch`` channels to ``out_channels`` logits."""
         self.head = make_head(channels[0])
         n = self.ds_heads if self.deep_supervision else 0

@@ -65,7 +65,9 @@ def check_common(
     return channels
 
 
-def conv(dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1, bias: bool = False):
+def conv(
+    dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1, bias: bool = False
+) -> nn.Module:
     """A 'same'-padded convolution (output size = input size / stride)."""
     return Conv[Conv.CONV, dims](
         cin, cout, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, bias=bias
@@ -85,7 +87,19 @@ def norm_layer(name: str, dims: int, ch: int, groups: int = 8) -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """conv → norm → act (→ dropout): the post-activation layer of UNet and ResUNet."""
 
-    def __init__(self, dims, cin, cout, *, norm, groups, act, dropout=0.0, stride=1, dilation=1) -> None:
+    def __init__(
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        *,
+        norm: str,
+        groups: int,
+        act: str,
+        dropout: float = 0.0,
+        stride: int = 1,
+        dilation: int = 1,
+    ) -> None:
         layers = [conv(dims, cin, cout, 3, stride, dilation), norm_layer(norm, dims, cout, groups), get_act_layer(act)]
         if dropout:
             layers.append(nn.Dropout(dropout))
@@ -95,7 +109,9 @@ class ConvNormAct(nn.Sequential):
 class DoubleConv(nn.Sequential):
     """Two :class:`ConvNormAct`; the first may be strided (UNet's down-sampling by conv)."""
 
-    def __init__(self, dims, cin, cout, *, norm, groups, act, dropout=0.0, stride=1) -> None:
+    def __init__(
+        self, dims: int, cin: int, cout: int, *, norm: str, groups: int, act: str, dropout: float = 0.0, stride: int = 1
+    ) -> None:
         kw = {"norm": norm, "groups": groups, "act": act, "dropout": dropout}
         super().__init__(ConvNormAct(dims, cin, cout, stride=stride, **kw), ConvNormAct(dims, cout, cout, **kw))
 
@@ -108,7 +124,19 @@ class ResidualUnit(nn.Module):
     summed. The shortcut is the identity, or a strided 1×1 conv + norm where shape changes.
     """
 
-    def __init__(self, dims, cin, cout, *, norm, groups, act, dropout=0.0, stride=1, dilations=(1,)) -> None:
+    def __init__(
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        *,
+        norm: str,
+        groups: int,
+        act: str,
+        dropout: float = 0.0,
+        stride: int = 1,
+        dilations: Sequence[int] = (1,),
+    ) -> None:
         super().__init__()
 
         def branch(d: int) -> nn.Sequential:
@@ -135,7 +163,9 @@ class ResidualUnit(nn.Module):
 class _PreActConv(nn.Module):
     """norm → act → conv (→ dropout) over the concatenation of its inputs (DenseNet's layer)."""
 
-    def __init__(self, dims, cin, cout, kernel, *, norm, groups, act, dropout=0.0) -> None:
+    def __init__(
+        self, dims: int, cin: int, cout: int, kernel: int, *, norm: str, groups: int, act: str, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm = norm_layer(norm, dims, cin, groups)
         self.act = get_act_layer(act)
@@ -161,7 +191,20 @@ class DenseBlock(nn.Module):
     memory-efficient DenseNet); the estimate is unaffected, only its averaging window shortens.
     """
 
-    def __init__(self, dims, cin, cout, *, layers, growth, norm, groups, act, dropout=0.0, checkpointing=False):
+    def __init__(
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        *,
+        layers: int,
+        growth: int,
+        norm: str,
+        groups: int,
+        act: str,
+        dropout: float = 0.0,
+        checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         kw = {"norm": norm, "groups": groups, "act": act}
         self.layers = nn.ModuleList(

@@ -53,8 +53,8 @@ class DenseUNet(EncoderDecoder):
         growth_rate: channels added by each dense layer, one int for every level or one per level;
             empty (default) means ``channels[i] // dense_layers``, so a block adds as many channels
             as it outputs and the network costs about as much as :class:`~pipeline.networks.unet.UNet`.
-        dense_layers: dense layers per block. 2 (default) keeps a training step within ~1.2× of
-            BasicUNet's time on CPU; 4 layers of half the growth cost the same FLOPs but about
+        dense_layers: dense layers per block. With 2 (default) a CPU training step takes about
+            BasicUNet's time or less; 4 layers of half the growth cost the same FLOPs but about
             1.7× the time and 1.5× the memory (more, narrower convs and concatenations).
         norm: ``"batch"`` (default, DenseNet's BN-ReLU-Conv), ``"instance"`` or ``"group"``.
         norm_groups: groups for ``"group"``.

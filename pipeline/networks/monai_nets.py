@@ -33,7 +33,15 @@ class MonaiNetwork(SegmentationNetwork):
             :class:`~pipeline.networks._base.SegmentationNetwork`.
     """
 
-    def __init__(self, net: nn.Module, spatial_dims, in_channels, out_channels, size_divisor, deep_supervision=False):
+    def __init__(
+        self,
+        net: nn.Module,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        size_divisor: int,
+        deep_supervision: bool = False,
+    ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, size_divisor, "replicate", deep_supervision)
         self.net = net
 
