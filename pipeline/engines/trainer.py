@@ -313,7 +313,9 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> float:
         total = self.iterations_per_epoch or len(self.train_loader)  # type: ignore[arg-type]
-        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=total, desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if self.progress else True, leave=False
+        )
         losses: list[torch.Tensor] = []
         done = 0
         while done < total:
