@@ -258,7 +258,7 @@ def run_inference(
     predictor = Predictor(checkpoint, config, device=device, tta=tta)
     keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
     written: list[Path] = []
-    for path, target in tqdm(list(zip(files, targets, strict=True)), desc="cases", disable=not progress):
+    for path, target in tqdm(list(zip(files, targets, strict=True)), desc="cases", disable=None if progress else True):
         result = predictor(path)
         written += write_prediction(
             predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
@@ -318,7 +318,7 @@ def evaluate_split(
     pred_dir = Path(output) / "predictions"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
-    for item in tqdm(items, desc=f"evaluating {split}", disable=not progress):
+    for item in tqdm(items, desc=f"evaluating {split}", disable=None if progress else True):
         result = predictor(item)
         label, spacing, fov = _load_reference(config, item)
         if label.shape != result.labels.shape:
