@@ -438,7 +438,7 @@ class WindowPredictor:
             return _first(fn(x))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call(self.compiled or self.network, x)
+        return self._call(self.network if self.compiled is None else self.compiled, x)
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
         return self._call(self.network, x)
