@@ -17,8 +17,8 @@
 #   2. pytest -m gpu (all GPU-marked tests)                   -> pytest_gpu.txt
 #   3. bench/inference.py --device cuda (stock vs ours)       -> inference.txt, inference.json
 #   4. bench/training.py --device cuda (tutorial vs ours)     -> training.txt, training.json
-#   5. torch.compile variants, if time is left                -> compile.txt, compile.json
-#      (inference: DynUNet then our UNet, fp16; training: MONAI UNet, bf16)
+#   5. torch.compile variants while time is left, in order: DynUNet inference (fp16,
+#      channels-last; -> compile.json), training (bf16), our UNet inference -> compile.txt
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -38,6 +38,7 @@ fi
 
 OUT=${OUT:-/tmp/medseg-gpu-check}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.txt "$OUT"/*.json
 BUDGET=${BUDGET:-460}
 END=$((SECONDS + BUDGET))
 export PYTHONUNBUFFERED=1
@@ -55,7 +56,7 @@ stage() {
     fi
     echo "== $* (limit ${limit}s)" | tee -a "$OUT/summary.txt"
     local start=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
     local rc=$?
     echo "== rc=$rc after $((SECONDS - start))s" | tee -a "$OUT/summary.txt"
 }
@@ -82,14 +83,16 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import monai, nibabel, pipeline.networks; print('monai', monai.__version__, 'nibabel', nibabel.__version__)" \
     2>&1 | tee -a "$OUT/summary.txt"
 
-stage 100 pytest_gpu.txt $PY -m pytest -m gpu -q -rA -p no:cacheprovider tests
-stage 200 inference.txt $PY bench/inference.py --device cuda --json "$OUT/inference.json"
-stage 100 training.txt $PY bench/training.py --device cuda --json "$OUT/training.json"
+stage 130 pytest_gpu.txt $PY -m pytest -m gpu -q -rA -p no:cacheprovider tests
+stage 180 inference.txt $PY bench/inference.py --device cuda --repeats 2 --json "$OUT/inference.json"
+stage 90 training.txt $PY bench/training.py --device cuda --json "$OUT/training.json"
 # torch.compile fuses instance norm + activation in any layout: the likeliest route to 3x for
 # instance-norm networks, but each compilation costs a minute, so it runs last on what is left
-stage 150 compile.txt bash -c "$PY bench/inference.py --device cuda --networks monai_dynunet unet \
-    --variants fp16+cl+compile fp16+ncl+compile --repeats 2 --json '$OUT/compile.json' &&
-    $PY bench/training.py --device cuda --variants bf16+cl+compile+gpu --blocks 3"
+stage 150 compile.txt $PY bench/inference.py --device cuda --networks monai_dynunet \
+    --variants fp16+cl+compile --repeats 2 --json "$OUT/compile.json"
+stage 90 compile.txt $PY bench/training.py --device cuda --variants bf16+cl+compile+gpu --blocks 3
+stage 150 compile.txt $PY bench/inference.py --device cuda --networks unet --variants fp16+cl+compile fp16+ncl+compile \
+    --repeats 2
 {
     echo
     echo "== verdicts"

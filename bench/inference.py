@@ -53,7 +53,7 @@ SIZES = {
     "cpu": {"volume": (64, 64, 48), "roi": {"monai_dynunet": 64}, "roi_default": 32, "dynunet_volume": (64, 80, 64)},
 }
 DEFAULT_VARIANTS = {
-    "cuda": ["fp16+ncl", "fp16+cl", "bf16"],
+    "cuda": ["fp16+ncl", "fp16+cl"],
     "cpu": ["fp32", "bf16"],
 }
 

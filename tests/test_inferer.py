@@ -409,7 +409,7 @@ def test_cuda_auto_batch_equals_monai(no_tf32):
         _, per_input = inferer._probe(lambda: net(torch.zeros(2, 1, 32, 32, 32, device="cuda")), x.device, 2)
         ref = monai_sliding_window(x, 32, 4, net, overlap=0.5, mode="gaussian")
         ours = sliding_window_inference(x, 32, "auto", net, overlap=0.5, mode="gaussian")
-    assert per_input > 32**3 * 8 * 4  # at least the first activation of one window
+    assert per_input >= 3 * 32**3 * 4  # at least one window's fp32 output
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
 
