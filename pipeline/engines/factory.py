@@ -90,9 +90,17 @@ def build_loss(config: Mapping[str, Any]) -> torch.nn.Module:
 
 
 def build_optimizer(config: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    """The configured optimiser; Adam/AdamW on CUDA tensors get ``fused=True`` (one kernel for
+    the whole update instead of a few per parameter group) unless the config sets ``fused``."""
     import pipeline.engines.optim  # noqa: F401
 
-    return build_component(config["optimizer"], OPTIMIZERS, params, where="optimizer")
+    spec = config["optimizer"]
+    params = list(params)
+    extra = {}
+    fusable = spec["name"] in ("adam", "adamw") and "fused" not in spec and "foreach" not in spec
+    if fusable and params and all(isinstance(p, torch.Tensor) and p.is_cuda for p in params):
+        extra["fused"] = True
+    return build_component(spec, OPTIMIZERS, params, where="optimizer", **extra)
 
 
 def build_scheduler(config: Mapping[str, Any], optimizer: torch.optim.Optimizer):
