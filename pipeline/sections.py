@@ -63,6 +63,7 @@ def _train() -> Section:
             "grad_clip": Field(float, 12.0, minimum=0, nullable=True),
             "deterministic": Field(bool, False, help="torch deterministic algorithms (slower on CUDA)"),
             "channels_last": Field(bool, False),
+            "compile": Field(bool, False, help="torch.compile the training forward pass"),
             "tensorboard": Field(bool, True, help="write TensorBoard events when tensorboard is installed"),
         }
     )
@@ -75,9 +76,10 @@ def _infer() -> Section:
             "roi_size": Field(list, None, item=int, length=(2, 3), nullable=True, help="default: transforms patch"),
             "overlap": Field(float, 0.5, minimum=0.0, maximum=0.95),
             "mode": Field(str, "gaussian", choices=("gaussian", "constant")),
-            "sw_batch_size": Field(int, 4, minimum=1),
+            "sw_batch_size": Field(int, 0, minimum=0, help="windows per forward pass; 0 = sized to free GPU memory"),
+            "compile": Field(bool, False, help="torch.compile the network for inference (pays off on big volumes)"),
             "tta": Field(bool, False, help="average over flips along every spatial axis"),
-            "amp": Field(str, "auto", choices=("auto", "bf16", "fp16", "off")),
+            "amp": Field(str, "auto", choices=("auto", "bf16", "fp16", "off"), help="auto = fp16 on CUDA, off on CPU"),
             "device": Field(str, "auto"),
             "save_probabilities": Field(bool, False),
         }

@@ -128,7 +128,7 @@ class Predictor:
             first = str(err).strip().splitlines()[0]
             raise MedsegError(f"{checkpoint}: weights do not fit the configured network ({first})") from None
         self.network.to(self.device).eval()
-        self.amp_dtype = autocast_dtype(infer["amp"], self.device)
+        self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
         self.chain = build_transforms(self.config, "infer")
         self.label_values = self.config.get("transforms", {}).get("label_values")
 
@@ -144,8 +144,9 @@ class Predictor:
             roi_size=self.infer["roi_size"],
             overlap=self.infer["overlap"],
             mode=self.infer["mode"],
-            sw_batch_size=self.infer["sw_batch_size"],
+            sw_batch_size=self.infer["sw_batch_size"] or "auto",
             tta=self.infer["tta"],
+            compile=self.infer["compile"],
             amp_dtype=self.amp_dtype,
             device=self.device,
         )[0]

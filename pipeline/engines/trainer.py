@@ -290,7 +290,7 @@ class Trainer:
             roi_size=self.infer["roi_size"],
             overlap=self.infer.get("overlap", 0.5),
             mode=self.infer.get("mode", "gaussian"),
-            sw_batch_size=self.infer.get("sw_batch_size", 4),
+            sw_batch_size=self.infer.get("sw_batch_size") or "auto",
             amp_dtype=self.amp_dtype,
         )
         pred = probs.argmax(1, keepdim=True)
