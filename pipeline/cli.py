@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import MedsegError
+from pipeline.errors import MedsegError, one_line
 
 EXIT_USER_ERROR = 2
 
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedsegError as err:
-        print(f"medseg: error: {err}", file=sys.stderr)
+        print(f"medseg: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)

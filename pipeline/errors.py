@@ -17,3 +17,18 @@ class ConfigError(MedsegError, ValueError):
 
 class DataError(MedsegError, ValueError):
     """A problem with a data file or dataset layout: the message names the file(s)."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error as one line.
+
+    PyTorch's ``DataLoader`` re-raises an error from a worker process as the same type with the
+    worker's whole traceback as its message (``Caught DataError in DataLoader worker process 0.
+    Original Traceback ...``); the line that matters is the last one, the original message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        kind, sep, message = last.partition(": ")
+        text = message if sep and kind.rsplit(".", 1)[-1] == type(err).__name__ else last
+    return " ".join(text.split())

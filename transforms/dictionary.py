@@ -138,6 +138,9 @@ class LoadCased(MapTransform):
             if len(names) > 1:
                 for name in names:
                     self._read(name)
+            if "suitable reader" in str(err):  # MONAI tried every reader and hides why each failed
+                kind = "NIfTI" if file_kind(names[0]) == "nifti" else "image"
+                raise DataError(f"{names[0]}: cannot read (not a {kind} file, or its header is truncated)") from err
             raise DataError(f"{names[0]}: cannot read ({_first_line(err)})") from err
 
     def _read_masks(self, paths: Sequence[Any]) -> MetaTensor:

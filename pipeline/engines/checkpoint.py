@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint with ``weights_only=True``.
 
     Raises:
-        MedsegError: the file is missing, truncated/corrupt, or not a medseg checkpoint.
+        MedsegError: the file is missing, truncated/corrupt, holds objects that are not plain data
+            (a pickle that would import or call something), or is not a medseg checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -65,9 +67,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError/... for damaged files
+        if "Weights only load failed" in str(err):
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            what = f" ({found.group(1)})" if found else ""
+            raise MedsegError(
+                f"{path}: refused: it holds Python objects{what} that could run code when loaded; "
+                "a medseg checkpoint holds only tensors and plain values"
+            ) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         prev = previous_path(path)
-        hint = f"; the previous checkpoint {prev} is intact" if prev.is_file() and prev != path else ""
+        hint = f"; the previous checkpoint is {prev}" if prev.is_file() and prev != path else ""
         raise MedsegError(f"{path}: checkpoint is truncated or corrupt ({reason[:160]}){hint}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise MedsegError(f"{path}: not a medseg checkpoint (expected format {FORMAT!r})")

@@ -126,11 +126,18 @@ def distance_transforms(config: Mapping[str, Any], loss: torch.nn.Module) -> lis
 
 
 def shard(items: Sequence[Mapping[str, Any]], rank: int, world_size: int) -> list[Mapping[str, Any]]:
-    """This rank's share of ``items`` (round robin, every rank the same count by repeating)."""
+    """This rank's share of ``items`` (round robin, every rank the same count by repeating items).
+
+    Each rank caches only its share and its loader reshuffles it every epoch (the trainer reseeds
+    the loader's generator from ``(seed, epoch, rank)``), as MONAI's own DDP recipes partition a
+    dataset before caching it; a ``DistributedSampler`` would index the whole dataset, so every
+    rank would have to cache every case. Equal counts keep every rank at the same number of steps
+    (a rank with fewer would leave the others waiting in an all-reduce).
+    """
     if world_size <= 1:
         return list(items)
     per_rank = -(-len(items) // world_size)
-    padded = list(items) + list(items[: per_rank * world_size - len(items)])
+    padded = [items[i % len(items)] for i in range(per_rank * world_size)]
     return padded[rank::world_size]
 
 

@@ -98,6 +98,11 @@ class Predictor:
             match the weights); ``None`` uses the checkpoint's.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``; ``None`` takes ``infer.device``.
         tta / sw_batch_size / overlap: override the config's ``infer`` settings.
+        progress: a progress bar over the sliding windows of each image.
+
+    Raises:
+        MedsegError: a damaged checkpoint, weights that do not fit the network, and (when called)
+            an image whose inference runs out of memory, with the setting that helps.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class Predictor:
         tta: bool | None = None,
         sw_batch_size: int | None = None,
         overlap: float | None = None,
+        progress: bool = False,
     ) -> None:
         from transforms.chains import build_transforms
 
@@ -131,6 +137,7 @@ class Predictor:
         self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
         self.chain = build_transforms(self.config, "infer")
         self.label_values = self.config.get("transforms", {}).get("label_values")
+        self.progress = progress
 
     def __call__(self, item: Mapping[str, Any] | str | os.PathLike) -> Prediction:
         """Segment one datalist item (or an image path)."""
@@ -138,21 +145,37 @@ class Predictor:
         data = {k: v for k, v in data.items() if k in (keys.IMAGE, keys.CASE)}
         data = self.chain(data)
         image = data[keys.IMAGE]
-        probs = predict(
-            self.network,
-            image.as_tensor()[None] if isinstance(image, MetaTensor) else torch.as_tensor(image)[None],
-            roi_size=self.infer["roi_size"],
-            overlap=self.infer["overlap"],
-            mode=self.infer["mode"],
-            sw_batch_size=self.infer["sw_batch_size"] or "auto",
-            tta=self.infer["tta"],
-            compile=self.infer["compile"],
-            amp_dtype=self.amp_dtype,
-            device=self.device,
-        )[0]
-        probs = self._invert(probs.cpu(), data)
-        labels = probs.argmax(0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.int16)
+        try:
+            probs = predict(
+                self.network,
+                image.as_tensor()[None] if isinstance(image, MetaTensor) else torch.as_tensor(image)[None],
+                roi_size=self.infer["roi_size"],
+                overlap=self.infer["overlap"],
+                mode=self.infer["mode"],
+                sw_batch_size=self.infer["sw_batch_size"] or "auto",
+                tta=self.infer["tta"],
+                compile=self.infer["compile"],
+                amp_dtype=self.amp_dtype,
+                device=self.device,
+                progress=self.progress,
+            )[0]
+            probs = self._invert(probs.cpu(), data)
+            labels = probs.argmax(0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.int16)
+        except (MemoryError, RuntimeError) as err:
+            if not _out_of_memory(err):
+                raise
+            source = data[keys.IMAGE].meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None
+            raise MedsegError(self._memory_advice(source or item, tuple(image.shape))) from None
         return Prediction(probabilities=probs, labels=labels, image=image)
+
+    def _memory_advice(self, source: Any, shape: tuple[int, ...]) -> str:
+        classes = max(2, int(self.config["network"]["out_channels"]))
+        gib = classes * int(np.prod(shape[1:])) * 4 / 2**30
+        where = f"out of memory segmenting {source} (shape {shape}, {gib:.1f} GiB of class probabilities)"
+        if self.device.type == "cuda":
+            # the output is already stitched on the CPU when it does not fit; what is left is the windows
+            return f"{where} on {self.device}: try --set infer.sw_batch_size=1, --no-tta, or --device cpu"
+        return f"{where}: free memory, run where more is available, or resample coarser with transforms.spacing"
 
     def _invert(self, probs: torch.Tensor, data: Mapping[str, Any]) -> torch.Tensor:
         image = data[keys.IMAGE]
@@ -172,6 +195,13 @@ class Predictor:
         if lut.max() <= 255 and lut.min() >= 0:
             return lut.astype(np.uint8)[labels]
         return lut.astype(np.int16)[labels]
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, NumPy's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
 
 
 def write_prediction(
@@ -256,7 +286,7 @@ def run_inference(
         raise MedsegError(f"{output}: cannot create the output folder ({err.strerror})") from None
     if not os.access(output, os.W_OK):
         raise MedsegError(f"{output}: the output folder is not writable")
-    predictor = Predictor(checkpoint, config, device=device, tta=tta)
+    predictor = Predictor(checkpoint, config, device=device, tta=tta, progress=progress)
     keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
     written: list[Path] = []
     for path, target in tqdm(list(zip(files, targets, strict=True)), desc="cases", disable=None if progress else True):

@@ -2,7 +2,17 @@
 
 The run folder (``train.output``, default ``runs/<config stem>``) holds ``config.yaml`` (the
 resolved config), ``log.csv``, ``curves.png``, ``checkpoints/{last,best}.pt`` and, when
-TensorBoard is installed, ``tensorboard/``.
+TensorBoard is installed, ``tensorboard/``. A fresh run that fails before its first checkpoint
+(a bad file, a bad setting, Ctrl-C) removes what it wrote, so the next attempt needs no
+``--overwrite``; ``--resume`` continues from ``last.pt`` (``last.prev.pt`` if that is damaged)
+and starts the run again when it never reached a checkpoint.
+
+Under torchrun (``WORLD_SIZE`` > 1): ``train.batch_size`` is per process, so a step sees
+``batch_size × transforms.num_samples × world_size`` crops; each rank caches and reshuffles only
+its share of the training cases (:func:`pipeline.engines.factory.shard`); validation cases are
+split across ranks and the Dice all-reduced; batch norm is synchronised on CUDA; only rank 0
+writes files; rank 0 reads the checkpoint to resume from and sends it to the others; a setup
+error on one rank (a bad file in its shard) stops every rank with that rank's one-line error.
 """
 
 from __future__ import annotations
@@ -76,18 +86,38 @@ def _check_resumable(saved: Mapping[str, Any], new: Mapping[str, Any], ckpt: Pat
         )
 
 
-def _resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+def _has_checkpoint(run_dir: Path) -> bool:
+    last = run_dir / "checkpoints" / "last.pt"
+    return last.exists() or previous_path(last).exists()
+
+
+def _resume_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """``checkpoints/last.pt``, else ``last.prev.pt`` with a warning when ``last.pt`` is damaged or
+    missing (a kill between the two renames of a save); ``(None, None)`` when the run never
+    reached a checkpoint (killed in its first epoch): it starts again, so that one command line
+    with ``--resume`` (e.g. under ``torchrun --max-restarts``) both starts and continues a run."""
     last = run_dir / "checkpoints" / "last.pt"
     prev = previous_path(last)
-    if not last.exists() and not prev.exists():
-        raise MedsegError(f"--resume: {run_dir} holds no checkpoint (checkpoints/last.pt); start without --resume")
+    if not _has_checkpoint(run_dir):
+        if any((run_dir / name).exists() for name in RUN_FILES):
+            warnings.warn(f"--resume: {run_dir} holds no checkpoint yet; starting the run again", stacklevel=3)
+        return None, None
     try:
         return last, load_checkpoint(last)
     except MedsegError as err:
         if not prev.exists():
             raise
-        warnings.warn(f"{err}; resuming from {prev} instead", stacklevel=2)
-        return prev, load_checkpoint(prev)
+        try:
+            found = prev, load_checkpoint(prev)
+        except MedsegError as prev_err:
+            raise MedsegError(f"--resume: no usable checkpoint: {err}; {prev_err}") from None
+        aside = ""
+        if last.exists():  # else the next save would rotate the damaged file over the good last.prev.pt
+            damaged = last.with_name("last.damaged.pt")
+            os.replace(last, damaged)
+            aside = f" ({last.name} kept as {damaged.name})"
+        warnings.warn(f"{err}; resuming from {prev} instead{aside}", stacklevel=3)
+        return found
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -109,6 +139,59 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise MedsegError(f"{run_dir}: cannot write the run folder ({err.strerror})") from None
+
+
+def _remove_failed_start(run_dir: Path, created: bool) -> None:
+    """Undo a fresh run that failed before its first checkpoint, so nothing half-written blocks the
+    next attempt; a run with a checkpoint is kept (``--resume`` continues it)."""
+    if _has_checkpoint(run_dir):
+        return
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    if created:
+        try:
+            run_dir.rmdir()
+        except OSError:  # not empty: the user's own files stay
+            pass
+
+
+def _agree_on_failure(error: BaseException | None, dist: distributed_context, device: torch.device) -> None:
+    """Under DDP, make every rank stop when one could not set up (e.g. a bad file in its shard):
+    the rank that failed raises its own error, the others a line pointing at it, instead of
+    waiting for a collective that never comes."""
+    if dist.world_size > 1:
+        flag = torch.tensor([0 if error is None else dist.rank + 1], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        failed = int(flag.item()) - 1
+        if error is None and failed >= 0:
+            raise MedsegError(f"rank {failed} could not set up (its error is printed above); stopping")
+    if error is not None:
+        raise error
+
+
+def _shared_resume_checkpoint(
+    run_dir: Path, dist: distributed_context, device: torch.device
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Rank 0 picks and reads the checkpoint and sends it to the other ranks, so that every rank
+    resumes from the same epoch even when the run folder is not on storage they share (nodes
+    with local disks) or they see it at different moments (NFS caching)."""
+    found: tuple[Path | None, dict[str, Any] | None] = (None, None)
+    error: MedsegError | None = None
+    if dist.rank == 0:
+        try:
+            found = _resume_checkpoint(run_dir)
+        except MedsegError as err:
+            error = err
+    _agree_on_failure(error, dist, device)
+    if dist.world_size > 1:
+        box = [found]
+        torch.distributed.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+        found = box[0]
+    return found
 
 
 class distributed_context:
@@ -156,27 +239,64 @@ def run_training(
     Raises:
         ConfigError / DataError / MedsegError: bad settings, data or run folder (one line each).
     """
-    from pipeline.data import load_datalist
-
     config = load_config(config_path, overrides)
     run_dir = run_dir_for(config, config_path)
     with distributed_context(config["train"]["device"]) as dist:
-        ckpt_path, ckpt = (None, None)
-        if resume:
-            ckpt_path, ckpt = _resume_checkpoint(run_dir)
-            _check_resumable(ckpt["config"], config, ckpt_path)
-        if dist.rank == 0:
-            _prepare_run_dir(run_dir, resume, overwrite)
-        if dist.world_size > 1:
-            torch.distributed.barrier()
         factory.set_threads(config["train"]["threads"])
         device = dist.device(factory.select_device(config["train"]["device"]))
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = not config["train"]["deterministic"]
-        if config["train"]["deterministic"]:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(config["seed"])
+        ckpt_path, ckpt = _shared_resume_checkpoint(run_dir, dist, device) if resume else (None, None)
+        if ckpt is not None:
+            _check_resumable(ckpt["config"], config, ckpt_path)
+        fresh = ckpt is None
+        created = not run_dir.exists()
+        error: MedsegError | None = None
+        if dist.rank == 0:
+            try:
+                _prepare_run_dir(run_dir, resume=not fresh, overwrite=overwrite or resume)
+            except MedsegError as err:
+                error = err
+        _agree_on_failure(error, dist, device)
+        try:
+            trainer = _build_trainer(config, run_dir, dist, device, progress)
+            if ckpt is not None:
+                trainer.resume(ckpt)
+            if dist.rank == 0:
+                dump_config(config, run_dir / "config.yaml")
+            state = trainer.fit()
+            if dist.world_size > 1:
+                torch.distributed.barrier()
+        except BaseException:
+            if dist.rank == 0 and fresh:
+                _remove_failed_start(run_dir, created)
+            raise
+    return {
+        "run_dir": str(run_dir),
+        "epochs": state.epoch,
+        "best_dice": state.best_metric if state.best_epoch >= 0 else None,
+        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
+        "stop_reason": trainer.stop_reason or "finished",
+        "minutes": state.elapsed / 60,
+        "rank": dist.rank,
+    }
 
+
+def _build_trainer(
+    config: Mapping[str, Any], run_dir: Path, dist: distributed_context, device: torch.device, progress: bool
+) -> Trainer:
+    """Network, loss, optimiser, loaders (data is loaded and cached here) and the Trainer.
+
+    Under DDP every rank learns whether another failed, so a bad file in one rank's shard stops
+    them all with its one-line error instead of a hang.
+    """
+    from pipeline.data import load_datalist
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config["train"]["deterministic"]
+    if config["train"]["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config["seed"])
+    error: MedsegError | None = None
+    try:
         splits = load_datalist(config["data"])
         network = factory.build_network(config).to(device)
         if config["train"]["channels_last"]:
@@ -189,53 +309,58 @@ def run_training(
         train_loader, val_loader = factory.build_loaders(
             config, splits, loss, run_dir, device, rank=dist.rank, world_size=dist.world_size
         )
-        model: torch.nn.Module = network
-        if dist.world_size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                network, device_ids=[device.index] if device.type == "cuda" else None
-            )
         infer = dict(config["infer"], roi_size=factory.roi_size(config))
-        trainer = Trainer(
-            network=model,
-            loss=loss,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_loader=train_loader,
-            val_loader=val_loader,
-            config=config,
-            run_dir=run_dir,
-            num_classes=factory.num_classes(config),
-            device=device,
-            epochs=config["train"]["epochs"],
-            val_every=config["train"]["val_every"],
-            patience=config["train"]["patience"],
-            time_budget=config["train"]["time_budget"],
-            iterations_per_epoch=config["train"]["iterations_per_epoch"],
-            grad_clip=config["train"]["grad_clip"],
-            amp_dtype=autocast_dtype(config["train"]["amp"], device),
-            infer=infer,
-            seed=config["seed"],
-            tensorboard=config["train"]["tensorboard"],
-            rank=dist.rank,
-            world_size=dist.world_size,
-            progress=progress,
+    except MedsegError as err:
+        error = err
+    _agree_on_failure(error, dist, device)
+    model: torch.nn.Module = network
+    if dist.world_size > 1:
+        network = _sync_batch_norm(network, device)
+        model = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None
         )
-        if ckpt is not None:
-            trainer.resume(ckpt)
-        if dist.rank == 0:
-            dump_config(config, run_dir / "config.yaml")
-        state = trainer.fit()
-        if dist.world_size > 1:
-            torch.distributed.barrier()
-    return {
-        "run_dir": str(run_dir),
-        "epochs": state.epoch,
-        "best_dice": state.best_metric if state.best_epoch >= 0 else None,
-        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
-        "stop_reason": trainer.stop_reason or "finished",
-        "minutes": state.elapsed / 60,
-        "rank": dist.rank,
-    }
+    return Trainer(
+        network=model,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        config=config,
+        run_dir=run_dir,
+        num_classes=factory.num_classes(config),
+        device=device,
+        epochs=config["train"]["epochs"],
+        val_every=config["train"]["val_every"],
+        patience=config["train"]["patience"],
+        time_budget=config["train"]["time_budget"],
+        iterations_per_epoch=config["train"]["iterations_per_epoch"],
+        grad_clip=config["train"]["grad_clip"],
+        amp_dtype=autocast_dtype(config["train"]["amp"], device),
+        infer=infer,
+        seed=config["seed"],
+        tensorboard=config["train"]["tensorboard"],
+        rank=dist.rank,
+        world_size=dist.world_size,
+        progress=progress,
+    )
+
+
+def _sync_batch_norm(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Batch norm under DDP: synchronised on CUDA, so the statistics are those of the global batch
+    (what one process with that batch would compute); per process on the CPU, where PyTorch's
+    SyncBatchNorm does not run. Instance norm (the UNet's default) does not depend on the batch.
+    The converted layers keep the parameter and buffer names, so checkpoints load either way."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        return network
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    warnings.warn(
+        "batch norm under DDP on the CPU uses each process's own batch statistics (SyncBatchNorm needs CUDA); "
+        "network.norm: instance does not depend on the batch",
+        stacklevel=3,
+    )
+    return network
 
 
 def network_dims(config: Mapping[str, Any]) -> int:

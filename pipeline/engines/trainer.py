@@ -303,10 +303,12 @@ class Trainer:
         self.state.history.append(record)
         if self.scheduler is not None:
             self.scheduler.step()
-        self.save("last")
+        # best before last: a kill between the two leaves last.pt at the previous epoch, whose resume
+        # redoes this one and rewrites best.pt, instead of a last.pt whose best.pt never got written
         if self._best_pending:
             self.save("best")
             self._best_pending = False
+        self.save("last")
         if self.is_main:
             report.write_history(self.state.history, self.run_dir / "log.csv")
             if "val_dice" in record:
@@ -372,6 +374,15 @@ class Trainer:
             torch.distributed.all_reduce(count)
         return (total / count.clamp_min(1)).cpu()
 
+    def _all_ranks_any(self, flag: bool) -> bool:
+        """``flag`` of any rank, on every rank: clocks differ between ranks, and a rank that stops
+        alone leaves the others waiting in a collective."""
+        if self.world_size <= 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
     def should_validate(self, epoch: int) -> bool:
         return self.val_loader is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs)
 
@@ -384,8 +395,8 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
                 record["train_loss"] = self.train_epoch(epoch)
                 record.update({f"w_{k}": v for k, v in self.loss_weights().items()})
-                over_budget = self.time_budget is not None and (
-                    time.perf_counter() - self._session_start > self.time_budget * 60
+                over_budget = self._all_ranks_any(
+                    self.time_budget is not None and time.perf_counter() - self._session_start > self.time_budget * 60
                 )
                 if self.should_validate(epoch) or (over_budget and self.val_loader is not None):
                     dice = self.validate()
