@@ -340,6 +340,7 @@ def _build_trainer(
         infer=infer,
         seed=config["seed"],
         tensorboard=config["train"]["tensorboard"],
+        compile=config["train"]["compile"],
         rank=dist.rank,
         world_size=dist.world_size,
         progress=progress,
