@@ -120,25 +120,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 nsd_tolerance=args.nsd_tolerance,
                 progress=sys.stderr.isatty(),
             )
-            print(evaluator.table())
-            print(f"wrote {args.output}/per_case.csv and {args.output}/summary.json")
-            return 0
-        if not (args.pred and args.label):
+        elif not (args.pred and args.label):
             p.error("--pred and --label are required (or --checkpoint to run inference first)")
-        from pipeline.engines.evaluator import evaluate_folder
+        else:
+            from pipeline.engines.evaluator import evaluate_folder
 
-        evaluator = evaluate_folder(
-            args.pred,
-            args.label,
-            args.output,
-            fov_dir=args.fov,
-            classes=args.classes,
-            nsd_tolerance=args.nsd_tolerance,
-            metrics=args.metrics,
-            case_regex=args.case_regex,
-            overwrite=args.overwrite,
-            progress=sys.stderr.isatty(),
-        )
+            evaluator = evaluate_folder(
+                args.pred,
+                args.label,
+                args.output,
+                fov_dir=args.fov,
+                classes=args.classes,
+                nsd_tolerance=args.nsd_tolerance,
+                metrics=args.metrics,
+                case_regex=args.case_regex,
+                overwrite=args.overwrite,
+                progress=sys.stderr.isatty(),
+            )
         print(evaluator.table())
         print(f"wrote {args.output}/per_case.csv and {args.output}/summary.json")
         return 0

@@ -177,8 +177,21 @@ class EncoderDecoder(SegmentationNetwork):
         self.aux_heads = nn.ModuleList(make_head(channels[k]) for k in range(1, n + 1))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Decoder outputs, full resolution first, then 1/2, 1/4, ... (the last is the bottleneck)."""
-        raise NotImplementedError
+        """Decoder outputs, full resolution first, then 1/2, 1/4, ... (the last is the bottleneck).
+
+        The default is the plain U: modules ``encoder[i]`` (one per level), ``up[i]`` (level
+        ``i + 1`` to ``i``) and ``decoder[i]`` (over the up-sampled features concatenated with the
+        skip of level ``i``); subclasses with other wiring override it.
+        """
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        feats = [x]
+        for i in reversed(range(len(self.decoder))):
+            x = self.decoder[i](torch.cat([self.up[i](x), skips[i]], 1))
+            feats.append(x)
+        return feats[::-1]
 
     def forward_padded(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.features(x)

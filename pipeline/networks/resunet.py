@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from pipeline.networks._base import EncoderDecoder
@@ -111,14 +110,3 @@ class ResUNet(EncoderDecoder):
             ResidualUnit(d, 2 * ch[i], ch[i], dilations=rates[i], **kw) for i in range(len(ch) - 1)
         )
         self.build_heads(ch, lambda c: conv(d, c, out_channels, 1, bias=True))
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for unit in self.encoder:
-            x = unit(x)
-            skips.append(x)
-        feats = [x]
-        for i in reversed(range(len(self.decoder))):
-            x = self.decoder[i](torch.cat([self.up[i](x), skips[i]], 1))
-            feats.append(x)
-        return feats[::-1]
