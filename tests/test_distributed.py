@@ -92,6 +92,7 @@ def test_ddp_two_processes_match_one_process_and_resume(config, capsys):
 
     dice_single = [float(r["val_dice"]) for r in rows_single]
     dice_ddp = [float(r["val_dice"]) for r in rows_ddp]
+    print(f"validation Dice per epoch: 1 process {dice_single}, 2 processes (DDP) {dice_ddp}")  # pytest -s shows it
     assert dice_single[-1] > 0.5  # the comparison is about a network that learnt something
     assert max(abs(a - b) for a, b in zip(dice_single, dice_ddp, strict=True)) < 0.01, (dice_single, dice_ddp)
     for a, b in zip(rows_single, rows_ddp, strict=True):
