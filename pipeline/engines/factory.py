@@ -3,6 +3,8 @@ schedule, cached datasets and loaders, and the :class:`~pipeline.engines.trainer
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -185,7 +187,11 @@ def build_loaders(
     workers = train_cfg["num_workers"] if train_cfg["num_workers"] >= 0 else auto_workers(device)
     if not splits.get("train"):
         raise ConfigError("data: the training split is empty; check data.root and the split fractions")
-    cache_root = Path(train_cfg.get("cache_dir") or Path(run_dir) / "cache")
+    # MONAI's PersistentDataset names cache files by the data item only: key the folder by the
+    # settings that shape the cached arrays, so a shared cache_dir never serves stale transforms
+    shaping = {k: config.get(k) for k in ("transforms", "network")}
+    digest = hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cache_root = Path(train_cfg.get("cache_dir") or Path(run_dir) / "cache") / digest
     train_items = shard(splits["train"], rank, world_size)
     train_ds = make_dataset(
         train_items,
