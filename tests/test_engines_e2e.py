@@ -144,3 +144,15 @@ def test_train_and_infer_2d_png_at_input_size(tmp_path):
     pred = np.asarray(Image.open(out / (src.stem + ".png")))
     assert pred.shape == np.asarray(Image.open(src)).shape[:2]
     assert set(np.unique(pred)) <= {0, 255}  # written back as the dataset's raw label values
+
+
+def test_disk_cache_is_keyed_by_transform_settings(tmp_path):
+    root = make_dataset("vessel2d", tmp_path / "data", 5, seed=5, size=48)
+    cfg = _config(tmp_path, root, 2)
+    cache = tmp_path / "cache"
+    base = ["train", "-c", str(cfg), "--output", str(tmp_path / "run"), "--epochs", "1", "--overwrite",
+            "--set", "train.cache=disk", "--set", f"train.cache_dir={cache}"]  # fmt: skip
+    assert main(base) == 0
+    assert main([*base, "--set", "transforms.intensity.mode=minmax"]) == 0
+    folders = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(folders) == 2 and all(list((f / "train").glob("*.pt")) for f in folders)
