@@ -5,7 +5,7 @@ masks' joint bounding box (so a small structure in a large volume costs little),
 mm from the voxel spacing. Where MONAI defines a value we return the same number (tested against
 ``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``, ``SurfaceDistanceMetric(symmetric=True)``
 and ``SurfaceDiceMetric``); we do not call MONAI itself because it returns NaN for empty masks and
-re-crops and converts to torch per call (4-9x slower, ``bench/bench_metrics.py``), and because
+re-crops and converts to torch per call (4-9x slower, ``bench/metrics.py``), and because
 evaluation should not need torch.
 
 Conventions (never NaN, so a mean over cases counts every case):

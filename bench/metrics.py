@@ -5,7 +5,7 @@ Cases: a 256x256x128 CT-like volume with 3 classes (anisotropic spacing) and 20 
 SurfaceDistanceMetric(symmetric=True) + SurfaceDiceMetric on one-hot tensors, the metrics both
 compute (clDice is ours only and timed separately). Prints medians over repeats and the ratio.
 
-    PYTHONPATH=. python bench/bench_metrics.py [--repeats 3]
+    PYTHONPATH=. python bench/metrics.py [--repeats 3]
 """
 
 from __future__ import annotations
