@@ -1,490 +1,557 @@
-"""YAML configs: load with the safe loader, validate against a schema, apply overrides, build.
+"""Configs: YAML read with the safe loader, ``--set`` overrides merged in, resolved once.
 
-A config is a YAML mapping. Plain settings are declared as :class:`Field` s inside
-:class:`Section` s; components (network, loss, ...) are :class:`Component` s: a mapping with a
-registry ``name`` plus keyword arguments, checked against the registered constructor's
-signature. Validation returns a plain ``dict`` (the *resolved* config, defaults filled in) that
-can be written back to YAML and stored in a checkpoint loaded with ``weights_only=True``.
+:func:`load_config` returns a :class:`Config`: the whole config validated against the schema
+(:mod:`pipeline.sections`), defaults filled in, cross-section checks done, nested components
+checked against their constructors, derived values (classes, spatial dims, channels, patch and
+window size) computed once, and everything read-only. Every consumer reads it; nothing
+validates again. A checkpoint stores :meth:`Config.to_dict` (plain dicts and lists, loadable
+with ``weights_only=True``).
 
-Every problem is a :class:`ConfigError` naming the source (file or ``--set``) and the key path:
+Every problem is a :class:`ConfigError` whose attributes say where it is (``source``: the file
+or the ``--set``; ``line``; ``key``: the dotted path) and what is wrong (``detail``)::
 
-    configs/demo.yaml: train.epochs: expected int, got str 'ten'
+    configs/demo.yaml:12: train.epochs: expected int, got str 'ten'
+    --set optimizer.lr=fast: optimizer.lr: expected number, got str 'fast'
 
-There are no ``$`` expressions, no dotted import paths and no YAML tags: a config can only name
-components that were registered, so loading one cannot import or run code.
+A key given twice in one mapping of a file is an error naming both lines (PyYAML keeps the last
+one silently). There are no ``$`` expressions, no dotted import paths and no YAML tags: a config
+can only name registered components, so loading one cannot import or run code.
+
+Example:
+    >>> cfg = resolve({"network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}})
+    >>> cfg.num_classes, cfg.patch_size, cfg["train"]["epochs"]
+    (2, (128, 128), 100)
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
+import linecache
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+import pipeline.sections as sections
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
+from pipeline.schema import Component, Section
 
 __all__ = [
+    "Config",
     "ConfigError",
-    "Field",
-    "Section",
-    "Component",
     "load_config",
     "load_yaml",
     "parse_overrides",
     "apply_overrides",
-    "validate",
+    "resolve",
     "build_component",
     "dump_config",
     "root_schema",
-    "register_section",
+    "validation_count",
+    "plain",
 ]
 
+DEFAULT_PATCH = {2: (128, 128), 3: (96, 96, 96)}
+"""Training crop when ``transforms.patch_size`` is null: 128² in 2D, 96³ in 3D."""
 
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-_TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "mapping"}
+_VALIDATIONS = [0]
 
 
-def _type_ok(value: Any, kind: type) -> bool:
-    # bool is an int subclass in Python; a YAML `true` must not pass as a channel count.
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is list:
-        return isinstance(value, (list, tuple))
-    if kind is dict:
-        return isinstance(value, Mapping)
-    return isinstance(value, kind)
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-class Field:
-    """One plain setting.
-
-    Args:
-        kind: ``int``, ``float``, ``bool``, ``str``, ``list`` or ``dict``.
-        default: value when the key is absent; ``REQUIRED`` (the default) makes it mandatory.
-        item: element type for ``list`` fields.
-        length: exact list length, or a tuple of allowed lengths.
-        choices: allowed values.
-        minimum / maximum: inclusive numeric bounds (also applied to list items).
-        nullable: accept ``null``.
-        help: one line shown in docs and errors.
-    """
-
-    def __init__(
-        self,
-        kind: type,
-        default: Any = REQUIRED,
-        *,
-        item: type | None = None,
-        length: int | tuple[int, ...] | None = None,
-        choices: Iterable[Any] | None = None,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        nullable: bool = False,
-        help: str = "",
-    ) -> None:
-        if kind not in _TYPE_NAMES:
-            raise TypeError(f"Field kind must be one of {list(_TYPE_NAMES.values())}, got {kind!r}")
-        self.kind = kind
-        self.default = default
-        self.item = item
-        self.length = (length,) if isinstance(length, int) else length
-        self.choices = tuple(choices) if choices is not None else None
-        self.minimum = minimum
-        self.maximum = maximum
-        self.nullable = nullable
-        self.help = help
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
-
-    def _check_scalar(self, value: Any, kind: type, where: str) -> Any:
-        if not _type_ok(value, kind):
-            raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
-        if kind is str and value.startswith("$"):
-            raise ConfigError(f"{where}: {value!r} looks like an expression; configs hold plain values only")
-        if kind in (int, float):
-            if self.minimum is not None and value < self.minimum:
-                raise ConfigError(f"{where}: must be >= {self.minimum}, got {value!r}")
-            if self.maximum is not None and value > self.maximum:
-                raise ConfigError(f"{where}: must be <= {self.maximum}, got {value!r}")
-            if kind is float:
-                value = float(value)
-        return value
-
-    def validate(self, value: Any, where: str) -> Any:
-        if value is None:
-            if self.nullable:
-                return None
-            raise ConfigError(f"{where}: must not be null")
-        if self.kind is list:
-            if not _type_ok(value, list):
-                raise ConfigError(f"{where}: expected list, got {_describe(value)}")
-            if self.length is not None and len(value) not in self.length:
-                want = " or ".join(str(n) for n in self.length)
-                raise ConfigError(f"{where}: expected {want} items, got {len(value)}")
-            if self.item is not None:
-                value = [self._check_scalar(v, self.item, f"{where}[{i}]") for i, v in enumerate(value)]
-            else:
-                value = list(value)
-        elif self.kind is dict:
-            if not _type_ok(value, dict):
-                raise ConfigError(f"{where}: expected mapping, got {_describe(value)}")
-            value = dict(value)
-        else:
-            value = self._check_scalar(value, self.kind, where)
-        if self.choices is not None and value not in self.choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {list(self.choices)}{hint}")
-        return value
-
-
-class Section:
-    """A mapping of named fields, sub-sections and components."""
-
-    def __init__(self, fields: Mapping[str, Field | Section | Component], *, required: bool = False, help: str = ""):
-        self.fields = dict(fields)
-        self.required = required
-        self.help = help
-
-    def validate(self, value: Any, where: str) -> dict[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where or 'config'}: expected mapping, got {_describe(value)}")
-        out: dict[str, Any] = {}
-        for key in value:
-            if key not in self.fields:
-                path = _join(where, key)
-                close = difflib.get_close_matches(str(key), list(self.fields), n=1)
-                hint = f" (did you mean {_join(where, close[0])!r}?)" if close else ""
-                raise ConfigError(f"{path}: unknown key{hint}; known keys here: {', '.join(self.fields)}")
-        for key, spec in self.fields.items():
-            path = _join(where, key)
-            if key in value:
-                out[key] = spec.validate(value[key], path)
-            elif isinstance(spec, Field):
-                if spec.required:
-                    raise ConfigError(f"{path}: missing required key")
-                out[key] = copy.deepcopy(spec.default)
-            elif spec.required:
-                raise ConfigError(f"{path}: missing required section")
-            elif isinstance(spec, Section):
-                out[key] = spec.validate({}, path)
-            elif spec.default is not None:
-                out[key] = spec.validate(copy.deepcopy(spec.default), path)
-            else:
-                out[key] = None
-        return out
-
-    def child(self, key: str) -> Field | Section | Component | None:
-        return self.fields.get(key)
-
-
-class Component:
-    """A registry-built component: ``{name: <registered name>, **kwargs}``.
-
-    Keyword arguments are checked against the registered constructor's signature: unknown ones
-    are errors, missing required ones are errors, and a value whose constructor default is a
-    bool / int / float / str / sequence must have that type.
-
-    Args:
-        registry: where ``name`` is looked up.
-        default: a default mapping (with ``name``) used when the key is absent; ``None`` leaves it
-            absent (``null`` in the resolved config) unless ``required``.
-        required: the section must be present.
-        skip: constructor parameters the caller supplies (not settable from YAML).
-    """
-
-    def __init__(
-        self,
-        registry: Registry,
-        *,
-        default: Mapping[str, Any] | None = None,
-        required: bool = False,
-        skip: Iterable[str] = (),
-        help: str = "",
-    ) -> None:
-        self.registry = registry
-        self.default = dict(default) if default is not None else None
-        self.required = required
-        self.skip = frozenset(skip)
-        self.help = help
-
-    def parameters(self, name: str) -> tuple[dict[str, inspect.Parameter], bool]:
-        """The settable parameters of ``name``'s constructor and whether it takes ``**kwargs``."""
-        target = self.registry.get(name)
-        try:
-            sig = inspect.signature(target)
-        except (TypeError, ValueError):  # some builtins have no signature: accept anything
-            return {}, True
-        params: dict[str, inspect.Parameter] = {}
-        var_kw = False
-        for p in sig.parameters.values():
-            if p.kind is p.VAR_KEYWORD:
-                var_kw = True
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in self.skip and p.name != "self":
-                params[p.name] = p
-        return params, var_kw
-
-    def validate(self, value: Any, where: str) -> dict[str, Any] | None:
-        if value is None:
-            if self.required:
-                raise ConfigError(f"{where}: missing required section")
-            return None
-        if isinstance(value, str):  # `loss: dice` is shorthand for `loss: {name: dice}`
-            value = {"name": value}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with a 'name', got {_describe(value)}")
-        if "name" not in value:
-            raise ConfigError(f"{where}.name: missing required key (one of: {', '.join(self.registry.names())})")
-        name = value["name"]
-        try:
-            self.registry.get(name)
-        except ValueError as err:
-            raise ConfigError(f"{where}.name: {err}") from None
-        params, var_kw = self.parameters(name)
-        out: dict[str, Any] = {"name": name}
-        for key, val in value.items():
-            if key == "name":
-                continue
-            path = f"{where}.{key}"
-            if key not in params and not var_kw:
-                close = difflib.get_close_matches(str(key), list(params), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(
-                    f"{path}: {self.registry.kind} {name!r} has no argument {key!r}{hint}; "
-                    f"it takes: {', '.join(params) or '(nothing)'}"
-                )
-            if isinstance(val, str) and val.startswith("$"):
-                raise ConfigError(f"{path}: {val!r} looks like an expression; configs hold plain values only")
-            if key in params:
-                _check_against_default(val, params[key].default, path)
-            out[key] = list(val) if isinstance(val, tuple) else val
-        for pname, p in params.items():
-            if p.default is inspect.Parameter.empty and pname not in out:
-                raise ConfigError(f"{where}.{pname}: missing required key for {self.registry.kind} {name!r}")
-        return out
-
-
-def _check_against_default(value: Any, default: Any, where: str) -> None:
-    if default is inspect.Parameter.empty or default is None or value is None:
-        return
-    if isinstance(default, (list, tuple)):
-        # sequences often also accept a scalar broadcast to every dimension
-        if not isinstance(value, (list, tuple, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected list or number, got {_describe(value)}")
-        return
-    # an int default accepts any number: many float settings default to a literal 0 (SGD's momentum)
-    kind = {bool: bool, int: float, float: float, str: str}.get(type(default))
-    if kind is not None and not _type_ok(value, kind):
-        expected = "number" if type(default) is int else _TYPE_NAMES[kind]
-        raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")
-
-
-def _join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-# --------------------------------------------------------------------------- schema registry
-
-_SECTIONS: dict[str, Callable[[], Field | Section | Component]] = {}
-
-
-def register_section(name: str) -> Callable[[Callable[[], Field | Section | Component]], Callable]:
-    """Register a function returning the schema of one top-level section.
-
-    Subsystems (data, training, inference) declare their own sections next to their code; the
-    function is called lazily so importing ``pipeline.config`` stays cheap.
-    """
-
-    def add(fn: Callable[[], Field | Section | Component]) -> Callable:
-        if name in _SECTIONS:
-            raise ValueError(f"config section {name!r} is already registered")
-        _SECTIONS[name] = fn
-        return fn
-
-    return add
+def validation_count() -> int:
+    """How many times a whole config has been validated in this process (tests count it)."""
+    return _VALIDATIONS[0]
 
 
 def root_schema() -> Section:
-    """The schema of a whole medseg config (imports the modules that declare sections)."""
-    import pipeline.sections  # noqa: F401  (declares the built-in sections)
-
-    return Section({name: make() for name, make in _SECTIONS.items()})
+    """The schema of a whole medseg config."""
+    return sections.root_schema()
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- YAML with lines
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader.
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing duplicate keys and recording the line of every key path."""
 
-    Raises:
-        ConfigError: missing file, YAML syntax error, or a top level that is not a mapping.
-    """
-    path = Path(path)
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.lines: dict[str, int] = {}
+        self._path: list[str] = []
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise ConfigError(f"line {line}: a mapping key must be a plain value, got {key!r}") from None
+        if key in seen:
+            path = ".".join([*loader._path, str(key)])
+            raise ConfigError(
+                f"duplicate key (lines {seen[key]} and {line}); YAML would silently keep the last one", key=path
+            )
+        seen[key] = line
+        loader._path.append(str(key))
+        loader.lines[".".join(loader._path)] = line
+        try:
+            out[key] = loader.construct_object(value_node, deep=True)
+        finally:
+            loader._path.pop()
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    loader = _Loader(text)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from None
-    try:
-        data = yaml.safe_load(text)
+        return loader.get_single_data(), loader.lines
+    except ConfigError as err:
+        raise err.located(source=source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"invalid YAML{where}: {problem}", source=source) from None
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config ({err})", source=str(path)) from None
+    data, lines = _parse_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+        raise ConfigError(f"the top level must be a mapping of sections, got {type(data).__name__}", source=str(path))
+    return data, lines
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader, refusing duplicate keys.
+
+    Raises:
+        ConfigError: missing file, YAML syntax error, a duplicate key, or a top level that is
+            not a mapping.
+    """
+    return _read_yaml(path)[0]
+
+
+# --------------------------------------------------------------------------- overrides
 
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
-    """Parse ``--set a.b=value`` strings; values are YAML scalars/lists (``3``, ``true``, ``[1, 2]``).
+    """Parse ``--set a.b=value`` strings; values are YAML (``3``, ``true``, ``[1, 2]``, ``{a: 1}``).
+
+    A value that is not valid YAML (``[1, 2``) is an error, never silently a string.
 
     Raises:
-        ConfigError: an item without ``=`` or with an empty key.
+        ConfigError: an item without ``=``, with an empty key, or with a malformed value.
     """
     out = []
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
+        source = f"--set {item}"
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=5")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+            raise ConfigError("expected KEY=VALUE with a dotted key, e.g. train.epochs=5", source=source)
+        value = _parse_yaml(text, source)[0] if text.strip() else ""
         out.append((key, value))
     return out
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``(dotted.key, value)`` set, creating sections as needed.
+def _seed(spec: Any) -> Any:
+    """What an absent section starts as when an override writes into it: its default."""
+    if isinstance(spec, Component):
+        return copy.deepcopy(spec.default) or {}
+    return {}
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Iterable[tuple[str, Any]], schema: Section | None = None
+) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``(dotted.key, value)`` set.
+
+    An override into a section the file leaves out merges into that section's default
+    (``--set optimizer.lr=0.01`` keeps the default optimiser's name), so ``--set`` never needs
+    the rest of the section spelled out.
 
     Raises:
         ConfigError: when a key walks through a value that is not a mapping.
     """
     out = copy.deepcopy(raw)
     for key, value in overrides:
-        node = out
+        node, spec = out, schema
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
+            child = spec.child(part) if isinstance(spec, Section) else None
             nxt = node.get(part)
             if nxt is None:
-                nxt = node[part] = {}
-            elif isinstance(nxt, str) and i == 0:  # `loss: dice` shorthand
+                nxt = node[part] = _seed(child)
+            elif isinstance(nxt, str) and isinstance(child, Component):  # `loss: dice` shorthand
                 nxt = node[part] = {"name": nxt}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section", source=f"--set {key}")
             node = nxt
+            spec = child if isinstance(child, Section) else None
         node[parts[-1]] = value
     return out
 
 
-def validate(raw: Mapping[str, Any], schema: Section | None = None, source: str = "config") -> dict[str, Any]:
-    """Validate ``raw`` against ``schema`` (default: :func:`root_schema`) and fill defaults.
+# --------------------------------------------------------------------------- the resolved config
+
+
+class FrozenList(tuple):
+    """A read-only list: a tuple that compares equal to a list with the same items."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    __hash__ = tuple.__hash__
+
+
+class FrozenDict(Mapping):
+    """A read-only mapping over plain data (nested mappings and lists are frozen too)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = {k: _freeze(v) for k, v in data.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(_thaw(self))
+
+    def __reduce__(self):
+        return (type(self), (_thaw(self),))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, FrozenDict | FrozenList):
+        return value
+    if isinstance(value, Mapping):
+        return FrozenDict(value)
+    if isinstance(value, (list, tuple)):
+        return FrozenList(_freeze(v) for v in value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain dicts and lists (a resolved config, for YAML, JSON and checkpoints)."""
+    return _thaw(value)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+class Config(FrozenDict):
+    """The resolved, read-only config: sections as read-only mappings, plus derived values.
+
+    Attributes:
+        spatial_dims / in_channels / out_channels: from ``network``.
+        num_classes: classes including background; ``max(2, out_channels)`` (one sigmoid output
+            is a binary task).
+        sigmoid: the network has one output channel read through a sigmoid (threshold 0.5).
+        patch_size: the training crop (``transforms.patch_size``, default 128² / 96³).
+        roi_size: the sliding window (``infer.roi_size``, default the patch size).
+        label_values: the raw label value of each class, or ``None`` (labels are class indices).
+        source: the config file, when it came from one.
+    """
+
+    __slots__ = ("source",)
+
+    def __init__(self, data: Mapping[str, Any], source: str | None = None) -> None:
+        super().__init__(data)
+        self.source = source
+
+    def __reduce__(self):
+        return (type(self), (_thaw(self), self.source))
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self["network"]["spatial_dims"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self["network"]["in_channels"])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self["network"]["out_channels"])
+
+    @property
+    def num_classes(self) -> int:
+        return max(2, self.out_channels)
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.out_channels == 1
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return tuple(self["transforms"]["patch_size"])
+
+    @property
+    def roi_size(self) -> tuple[int, ...]:
+        return tuple(self["infer"]["roi_size"])
+
+    @property
+    def label_values(self) -> tuple[float, ...] | None:
+        values = self["transforms"]["label_values"]
+        return tuple(values) if values is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists (for YAML, JSON and checkpoints)."""
+        return _thaw(self)
+
+    def replace(self, **sections_: Mapping[str, Any]) -> Config:
+        """A new resolved config with whole sections replaced (validated again: a new config).
+
+        Example:
+            >>> cfg = resolve({"network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}})
+            >>> cfg.replace(train={**cfg["train"], "epochs": 3})["train"]["epochs"]
+            3
+        """
+        return resolve({**self.to_dict(), **{k: _thaw(v) for k, v in sections_.items()}}, source=self.source)
+
+
+def _integer(network: Mapping[str, Any], key: str) -> int:
+    value = network.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a positive int, got {value!r}", key=f"network.{key}")
+    return value
+
+
+def _derive(cfg: dict[str, Any]) -> None:
+    """Fill derived defaults and check settings that span sections (in place)."""
+    network = cfg["network"]
+    dims = _integer(network, "spatial_dims")
+    if dims not in (2, 3):
+        raise ConfigError(f"must be 2 or 3, got {dims}", key="network.spatial_dims")
+    in_channels = _integer(network, "in_channels")
+    classes = max(2, _integer(network, "out_channels"))
+    t = cfg["transforms"]
+    patch = t["patch_size"] or list(DEFAULT_PATCH[dims])
+    if len(patch) != dims:
+        raise ConfigError(f"needs {dims} values for spatial_dims={dims}, got {patch}", key="transforms.patch_size")
+    t["patch_size"] = list(patch)
+    roi = cfg["infer"]["roi_size"] or list(patch)
+    if len(roi) != dims:
+        raise ConfigError(f"has {len(roi)} values but network.spatial_dims is {dims}", key="infer.roi_size")
+    cfg["infer"]["roi_size"] = list(roi)
+    channels = t["channels"]
+    if channels is not None and len(channels) != in_channels:
+        raise ConfigError(
+            f"selects {len(channels)} channel(s) {channels} but network.in_channels is {in_channels}",
+            key="transforms.channels",
+        )
+    labels = t["label_values"]
+    if labels is not None and len(labels) != classes:
+        raise ConfigError(
+            f"lists {len(labels)} values {labels} but there are {classes} classes (network.out_channels)",
+            key="transforms.label_values",
+        )
+    if labels is not None and len(set(labels)) != len(labels):
+        raise ConfigError(f"values must be distinct, got {labels}", key="transforms.label_values")
+    flip_axes = t["augment"]["flip"]["axes"]
+    if flip_axes is not None and any(a >= dims for a in flip_axes):
+        raise ConfigError(f"spatial axes are 0..{dims - 1}, got {flip_axes}", key="transforms.augment.flip.axes")
+    low, high = t["intensity"]["window"]
+    if t["intensity"]["mode"] == "window" and not low < high:
+        raise ConfigError(f"needs low < high, got {[low, high]}", key="transforms.intensity.window")
+    for name in ("scale", "gamma", "contrast"):
+        lo, hi = t["augment"][name]["range"]
+        if lo > hi:
+            raise ConfigError(f"needs low <= high, got {[lo, hi]}", key=f"transforms.augment.{name}.range")
+    if dims == 2 and t["spacing"] is not None:
+        raise ConfigError("is for 3D data; remove it for spatial_dims=2", key="transforms.spacing")
+
+
+def _blame(
+    err: ConfigError, lines: Mapping[str, int], source: str | None, overrides: list[tuple[str, Any]]
+) -> ConfigError:
+    """Locate ``err``: the ``--set`` that touched its key, else the file and the key's line."""
+    if err.source is not None:
+        return err
+    bad = err.key or ""
+    for key, value in reversed(overrides):
+        if bad == key or bad.startswith(key + ".") or bad.startswith(key + "[") or key.startswith(bad + "."):
+            return err.located(source=f"--set {key}={_show(value)}")
+    line = None
+    probe = bad.split("[", 1)[0]
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe.rpartition(".")[0]
+    return err.located(source=source or "config", line=line)
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def resolve(
+    raw: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    lines: Mapping[str, int] | None = None,
+    overrides: list[tuple[str, Any]] | None = None,
+) -> Config:
+    """Validate a raw config mapping against the schema and derive what follows from it.
+
+    Args:
+        raw: the mapping as read from YAML (with overrides applied).
+        source / lines / overrides: where the values came from, for error messages.
 
     Raises:
-        ConfigError: prefixed with ``source``.
+        ConfigError: located at the file and line, or at the ``--set`` that caused it.
     """
-    schema = schema if schema is not None else root_schema()
+    _VALIDATIONS[0] += 1
     try:
-        return schema.validate(raw, "")
+        cfg = root_schema().validate(_thaw(raw), "")
+        _derive(cfg)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise _blame(err, lines or {}, source, overrides or []) from None
+    return Config(cfg, source)
 
 
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Iterable[str] = (),
-    schema: Section | None = None,
+    *,
     base: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Load, override and validate a config.
+) -> Config:
+    """Load a config file (or start from ``base``), apply ``--set`` overrides and resolve it.
 
     Args:
         path: YAML file; ``None`` starts from ``base`` (or an empty mapping).
         overrides: ``--set`` strings, applied in order.
-        schema: defaults to :func:`root_schema`.
         base: a mapping to start from instead of a file (e.g. a checkpoint's resolved config).
 
-    Returns:
-        The resolved config as plain nested dicts and lists.
+    Raises:
+        ConfigError: naming the file and line (or the ``--set``) and the key path.
+    """
+    if path is not None:
+        raw, lines = _read_yaml(path)
+        source: str | None = str(path)
+    else:
+        raw, lines, source = _thaw(base or {}), {}, None
+    parsed = parse_overrides(overrides)
+    raw = apply_overrides(raw, parsed, root_schema())
+    return resolve(raw, source=source, lines=lines, overrides=parsed)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _raised_by_argument_check(err: BaseException, target: Any) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement of an argument check (the STYLE
+    convention: constructors check their arguments and raise ``ValueError``/``TypeError``), in the
+    registered factory itself, in an ``__init__``, or in one of our own helpers, as opposed to a
+    failure deeper down (a bug, which keeps its traceback)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    code = frame.f_code
+    own = code is getattr(target, "__code__", None)
+    ours = frame.f_globals.get("__name__", "").startswith("pipeline.")
+    if not (own or ours or code.co_name in ("__init__", "__post_init__")):
+        return False
+    return linecache.getline(code.co_filename, tb.tb_lineno).strip().startswith("raise ")
+
+
+def build_component(
+    spec: Mapping[str, Any],
+    registry: Registry,
+    *args: Any,
+    where: str = "",
+    nested: Mapping[str, Registry] | None = None,
+    **extra: Any,
+) -> Any:
+    """Build a registered component from its resolved ``{name, **kwargs}`` mapping.
+
+    Args:
+        spec: the resolved mapping.
+        registry: where ``spec["name"]`` is registered.
+        args / extra: arguments the caller supplies (not from YAML).
+        where: the key path, for errors.
+        nested: argument name → registry, for arguments that are components themselves
+            (built first; see :class:`pipeline.schema.Component`). Default: from the schema.
 
     Raises:
-        ConfigError: naming the file (or ``--set``) and the key path.
+        ConfigError: the arguments do not bind to the constructor, or the constructor's own
+            argument check refused a value (a ``raise`` in its body). Any other error inside a
+            constructor is a bug and propagates with its traceback.
     """
-    raw = load_yaml(path) if path is not None else copy.deepcopy(dict(base or {}))
-    parsed = parse_overrides(overrides)
-    source = str(path) if path is not None else "config"
-    raw = apply_overrides(raw, parsed)
-    try:
-        return validate(raw, schema, "")
-    except ConfigError as err:
-        text = str(err)[2:]  # drop the empty source prefix
-        bad = text.split(":", 1)[0]  # every message starts with the key path
-        for key, value in parsed:
-            if bad == key or bad.startswith(key + ".") or key.startswith(bad + "."):
-                raise ConfigError(f"--set {key}={value!r}: {text}") from None
-        raise ConfigError(f"{source}: {text}") from None
-
-
-def build_component(spec: Mapping[str, Any], registry: Registry, *args: Any, where: str = "", **extra: Any) -> Any:
-    """Build a registered component from a resolved ``{name, **kwargs}`` mapping.
-
-    ``args``/``extra`` are arguments the caller supplies (not from YAML). A ``TypeError`` or
-    ``ValueError`` raised by the constructor becomes a ConfigError naming ``where``.
-    """
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    name = spec["name"]
+    target = registry.get(name)
+    label = where or registry.kind
+    if nested is None:
+        nested = sections.nested_registries(registry, name)
+    kwargs: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key == "name":
+            continue
+        if key in nested and isinstance(value, Mapping):
+            value = build_component(value, nested[key], where=f"{label}.{key}")
+        kwargs[key] = _thaw(value) if isinstance(value, FrozenDict | FrozenList) else value
     kwargs.update(extra)
     try:
-        return registry.build(spec["name"], *args, **kwargs)
+        inspect.signature(target).bind(*args, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{name}: {err}", key=label) from None
+    except ValueError:  # no signature to check against
+        pass
+    try:
+        return target(*args, **kwargs)
     except (TypeError, ValueError) as err:
-        label = where or registry.kind
-        raise ConfigError(f"{label} ({spec['name']}): {err}") from err
+        if isinstance(err, ConfigError) or _raised_by_argument_check(err, target):
+            raise ConfigError(f"{name}: {err}", key=label) from err
+        raise
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved config as YAML (atomically: temporary file, then rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")
+    tmp.write_text(yaml.safe_dump(_thaw(cfg), sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -12,7 +12,40 @@ class MedsegError(Exception):
 
 
 class ConfigError(MedsegError, ValueError):
-    """A config problem: the message names the source, the key path and what is wrong."""
+    """A config problem: where it is (source, line, key path) and what is wrong.
+
+    The parts are attributes, so code that handles the error never slices its message:
+
+    Attributes:
+        detail: what is wrong (``"expected int, got str 'ten'"``).
+        key: the dotted key path (``"train.epochs"``), or ``None``.
+        source: the config file, ``"--set KEY=VALUE"``, or ``None``.
+        line: the line of ``key`` in ``source`` (1-based), when known.
+
+    Example:
+        >>> str(ConfigError("expected int, got str 'ten'", key="train.epochs", source="a.yaml", line=3))
+        "a.yaml:3: train.epochs: expected int, got str 'ten'"
+    """
+
+    def __init__(self, detail: str, *, key: str | None = None, source: str | None = None, line: int | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.key = key
+        self.source = source
+        self.line = line
+
+    def located(self, *, source: str | None = None, line: int | None = None) -> ConfigError:
+        """A copy of this error with its source (and line) set, unless it has one already."""
+        if self.source is not None:
+            return self
+        return ConfigError(self.detail, key=self.key, source=source, line=line)
+
+    def __str__(self) -> str:
+        where = self.source or ""
+        if where and self.line is not None:
+            where += f":{self.line}"
+        parts = [p for p in (where, self.key) if p]
+        return ": ".join([*parts, self.detail])
 
 
 class DataError(MedsegError, ValueError):

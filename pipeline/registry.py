@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS"]
+__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "BATCH_INPUTS", "SYNTH_KINDS", "DEMOS"]
 
 
 class Registry:
@@ -95,3 +95,8 @@ NETWORKS = Registry("network")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+BATCH_INPUTS = Registry("batch input")
+"""Extra batch entries a loss can declare in ``extra_inputs`` (``"dist"``): name → a factory
+``(settings: transforms.chains.ChainSettings) -> MapTransform`` that computes the entry."""
+SYNTH_KINDS = Registry("synthetic kind")
+DEMOS = Registry("demo")

@@ -1,48 +1,43 @@
-"""The top-level config sections. Subsystems with many settings declare theirs next to their code
-(the data layer: ``data`` and ``transforms``); this module declares the small ones and imports
-the others, so :func:`pipeline.config.root_schema` sees every section."""
+"""The schema of a whole config: every top-level section, declared once.
+
+The data layer's two large sections (``data``, ``transforms``) are declared next to their code
+in :mod:`pipeline.data.schema`; the others are here. Importing this module registers the
+networks, losses, optimisers and schedulers, whose constructors the component sections check
+arguments against. Components themselves never import the config machinery: a component that
+takes other components (``compound``'s ``region`` and ``boundary`` terms) is declared with
+``nested`` below, validated at load time and built by :func:`pipeline.config.build_component`.
+"""
 
 from __future__ import annotations
 
-import pipeline.data.schema  # noqa: F401  (declares the data and transforms sections)
-from pipeline.config import Component, Field, Section, register_section
-from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS
+import functools
+
+import pipeline.engines.optim  # noqa: F401  (registers the optimisers and schedules)
+import pipeline.losses  # noqa: F401  (registers the losses)
+import pipeline.networks  # noqa: F401  (registers the networks)
+from pipeline.data.schema import data_schema, transforms_schema
+from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS, Registry
+from pipeline.schema import Component, Field, Section
+
+__all__ = ["root_schema", "nested_registries", "LOSS_DEFAULT"]
+
+LOSS_DEFAULT = {"name": "dice_ce", "to_onehot_y": True, "softmax": True}
+"""The loss when a config names none (also the compound loss's default region term)."""
 
 
-@register_section("seed")
-def _seed() -> Field:
-    return Field(int, 0, minimum=0, help="seed for every random generator (torch, numpy, transforms, splits)")
+def _loss_term() -> Component:
+    return Component(LOSSES, help="a registered loss")
 
 
-@register_section("network")
-def _network() -> Component:
-    import pipeline.networks  # noqa: F401  (registers the networks)
-
-    return Component(NETWORKS, required=True, help="network name from `medseg networks` and its arguments")
-
-
-@register_section("loss")
 def _loss() -> Component:
-    import pipeline.losses  # noqa: F401  (registers the losses)
-
-    return Component(LOSSES, default={"name": "dice_ce", "to_onehot_y": True, "softmax": True})
-
-
-@register_section("optimizer")
-def _optimizer() -> Component:
-    import pipeline.engines.optim  # noqa: F401
-
-    return Component(OPTIMIZERS, default={"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, skip=("params",))
+    return Component(
+        LOSSES,
+        default=LOSS_DEFAULT,
+        nested={"compound": {"region": _loss_term(), "boundary": _loss_term()}},
+        help="loss name and its arguments (`medseg` README: Losses)",
+    )
 
 
-@register_section("scheduler")
-def _scheduler() -> Component:
-    import pipeline.engines.optim  # noqa: F401
-
-    return Component(SCHEDULERS, default={"name": "cosine"}, skip=("optimizer", "max_epochs"))
-
-
-@register_section("train")
 def _train() -> Section:
     return Section(
         {
@@ -69,7 +64,6 @@ def _train() -> Section:
     )
 
 
-@register_section("infer")
 def _infer() -> Section:
     return Section(
         {
@@ -84,3 +78,31 @@ def _infer() -> Section:
             "save_probabilities": Field(bool, False),
         }
     )
+
+
+@functools.cache
+def root_schema() -> Section:
+    """The schema of a whole medseg config (built once per process)."""
+    return Section(
+        {
+            "seed": Field(int, 0, minimum=0, help="seed for every random generator (torch, numpy, transforms, splits)"),
+            "network": Component(NETWORKS, required=True, help="network name from `medseg networks` and its arguments"),
+            "loss": _loss(),
+            "optimizer": Component(
+                OPTIMIZERS, default={"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, skip=("params",)
+            ),
+            "scheduler": Component(SCHEDULERS, default={"name": "cosine"}, skip=("optimizer", "max_epochs")),
+            "train": _train(),
+            "infer": _infer(),
+            "data": data_schema(),
+            "transforms": transforms_schema(),
+        }
+    )
+
+
+def nested_registries(registry: Registry, name: str) -> dict[str, Registry]:
+    """Argument name → registry of the nested components that ``registry[name]`` takes."""
+    for spec in root_schema().fields.values():
+        if isinstance(spec, Component) and spec.registry is registry:
+            return {arg: sub.registry for arg, sub in spec.nested_of(name).items()}
+    return {}

@@ -199,3 +199,10 @@ def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
     elif fault is not None:
         raise ValueError(f"fault must be None, 'write' or 'rename', got {fault!r}")
     sys.exit(main(argv))
+
+
+def data_cfg(raw: dict) -> dict:
+    """A resolved ``data`` section from a partial one (what ``load_config`` gives the readers)."""
+    from pipeline.data.schema import data_schema
+
+    return data_schema().validate(raw, "data")

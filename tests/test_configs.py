@@ -37,7 +37,7 @@ def test_config_builds(path):
     loss = factory.build_loss(cfg)
     optimizer = factory.build_optimizer(cfg, network.parameters())
     factory.build_scheduler(cfg, optimizer)
-    assert cfg["network"]["spatial_dims"] == len(factory.roi_size(cfg))
+    assert cfg.spatial_dims == len(cfg.roi_size) == len(cfg.patch_size)
     assert isinstance(network, torch.nn.Module) and isinstance(loss, torch.nn.Module)
 
 

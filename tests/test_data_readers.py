@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _synthetic import data_cfg
 from PIL import Image
 
 from pipeline.data import load_datalist
@@ -124,7 +125,9 @@ def test_drive_missing_manual_and_load_datalist_uses_shipped_test(tmp_path):
         read_drive(_drive(tmp_path / "a", drop_label=(22,)))
     root = _drive(tmp_path / "b", train=tuple(range(21, 31)))
     with pytest.warns(UserWarning, match="test_fraction=0.3 is ignored"):
-        splits = load_datalist({"format": "drive", "root": str(root), "val_fraction": 0.2, "test_fraction": 0.3})
+        splits = load_datalist(
+            data_cfg({"format": "drive", "root": str(root), "val_fraction": 0.2, "test_fraction": 0.3})
+        )
     assert [d["case"] for d in splits["test"]] == ["01_test", "02_test"]
     assert len(splits["val"]) == 2 and len(splits["train"]) == 8
 
@@ -184,18 +187,18 @@ def test_empty_dataset_and_bad_data_config(tmp_path):
     with pytest.raises(DataError, match="no cases found in the images/labels folders layout"):
         read_folders(tmp_path)
     with pytest.raises(ConfigError, match="data.root: missing"):
-        load_datalist({"format": "folders"})
+        load_datalist(data_cfg({"format": "folders"}))
     with pytest.raises(ConfigError, match=r"data.format: 'drvie' is not one of .* \(did you mean 'drive'\?\)"):
-        load_datalist({"format": "drvie", "root": str(tmp_path)})
+        data_cfg({"format": "drvie", "root": str(tmp_path)})
 
 
 def test_load_datalist_splits_msd_with_folds(tmp_path):
     root = _msd(tmp_path, cases=tuple(f"a_{i:03d}" for i in range(10)))
     cfg = {"format": "msd", "root": str(root), "test_fraction": 0.2, "num_folds": 4}
-    parts = [load_datalist({**cfg, "fold": f}) for f in range(4)]
+    parts = [load_datalist(data_cfg({**cfg, "fold": f})) for f in range(4)]
     assert all(p["test"] == parts[0]["test"] for p in parts) and len(parts[0]["test"]) == 2
     assert sorted(d["case"] for p in parts for d in p["val"]) == sorted(
         d["case"] for d in parts[0]["train"] + parts[0]["val"]
     )
     with pytest.raises(ConfigError, match=r"data.fold: must be < data.num_folds \(4\), got 4"):
-        load_datalist({**cfg, "fold": 4})
+        data_cfg({**cfg, "fold": 4})

@@ -8,14 +8,15 @@ import pytest
 import yaml
 
 import pipeline.data.schema as schema
-import pipeline.sections  # noqa: F401  (imports the data schema module, as root_schema does)
-from pipeline.config import _SECTIONS, Section, validate
+from pipeline.config import resolve, root_schema
+from pipeline.data.loaders import build_chain
 from pipeline.errors import ConfigError
-from transforms.chains import build_transforms
 
 
-def test_sections_are_registered_with_the_config_machinery():
-    assert _SECTIONS["data"] is schema._data and _SECTIONS["transforms"] is schema._transforms
+def test_sections_are_part_of_the_root_schema():
+    fields = root_schema().fields
+    assert set(fields["data"].fields) == set(schema.data_schema().fields)
+    assert set(fields["transforms"].fields) == set(schema.transforms_schema().fields)
 
 
 def test_defaults_a_user_expects():
@@ -31,9 +32,10 @@ def test_defaults_a_user_expects():
 
 def test_docstring_example_validates_and_builds():
     example = yaml.safe_load(schema.__doc__.split("::", 1)[1])
-    resolved = validate(example, Section({"data": schema.data_schema(), "transforms": schema.transforms_schema()}))
+    network = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}
+    resolved = resolve({**example, "network": network})
     assert resolved["transforms"]["label_values"] == [0.0, 255.0]
-    chain = build_transforms({**resolved, "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}}, "train")
+    chain = build_chain(resolved, "train")
     assert pickle.loads(pickle.dumps(chain)) is not None  # DataLoader workers may spawn
 
 

@@ -8,14 +8,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _synthetic import data_cfg
 from PIL import Image
 from skimage.filters import threshold_otsu
 
+from pipeline.config import resolve
 from pipeline.data import load_datalist
+from pipeline.data.loaders import build_chain
 from pipeline.data.synth import FORMAT_OF, make_dataset
 from pipeline.data.synth.vessel2d import fundus
 from pipeline.errors import DataError
-from transforms.chains import build_transforms
 
 SMALL = {"vessel2d": 64, "cell": 64, "vessel3d": (32, 32, 16), "lung": (32, 32, 16)}
 
@@ -41,7 +43,7 @@ def test_deterministic_and_readable_by_the_layout_reader(kind, tmp_path):
             == dc["imagesTr/" + sorted(p.name for p in (c / "imagesTr").iterdir())[0]]
         )
     assert _digest(make_dataset(kind, tmp_path / "d", n=2, seed=4, size=SMALL[kind])) != da
-    splits = load_datalist({"format": FORMAT_OF[kind], "root": str(a), "val_fraction": 0.5})
+    splits = load_datalist(data_cfg({"format": FORMAT_OF[kind], "root": str(a), "val_fraction": 0.5}))
     assert len(splits["train"]) == 1 and len(splits["val"]) == 1
 
 
@@ -68,10 +70,13 @@ def test_vessel2d_files_and_drive_test_split(tmp_path):
     assert (root / "training/images/21_training.tif").is_file()
     assert (root / "test/1st_manual/01_manual1.gif").is_file() and (root / "test/mask/01_test_mask.gif").is_file()
     assert Image.open(root / "training/images/21_training.tif").mode == "RGB"
-    splits = load_datalist({"format": "drive", "root": str(root)})
+    splits = load_datalist(data_cfg({"format": "drive", "root": str(root)}))
     assert [d["case"] for d in splits["test"]] == ["01_test"] and len(splits["train"]) == 3
-    cfg = {"network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}, "transforms": {"channels": [1]}}
-    d = build_transforms(cfg, "val")(splits["train"][0])
+    cfg = {
+        "network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2},
+        "transforms": {"channels": [1]},
+    }
+    d = build_chain(resolve(cfg), "val")(splits["train"][0])
     assert d["image"].shape == d["label"].shape == d["fov"].shape == (1, 64, 64)
     assert set(np.unique(d["label"])) == {0.0, 1.0}
 
@@ -112,9 +117,9 @@ def test_cell_masks_tile_the_nuclei(tmp_path):
     grey = np.asarray(image)[..., 0].astype(float)
     inside = masks.any(0)
     assert grey[inside].mean() > 2 * grey[~inside].mean()  # nuclei are bright
-    d = build_transforms({"network": {"spatial_dims": 2, "in_channels": 3, "out_channels": 2}}, "val")(
-        load_datalist({"format": "dsb2018", "root": str(root), "val_fraction": 0.0})["train"][0]
-    )
+    d = build_chain(
+        resolve({"network": {"name": "unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2}}), "val"
+    )(load_datalist(data_cfg({"format": "dsb2018", "root": str(root), "val_fraction": 0.0}))["train"][0])
     assert int(d["instance"].max()) == masks.shape[0] and set(np.unique(d["label"])) == {0.0, 1.0}
 
 

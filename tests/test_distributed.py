@@ -30,8 +30,8 @@ import torch
 from _synthetic import ROOT, subprocess_env, tiny_config, write_config, write_folders
 
 from pipeline.cli import main
+from pipeline.data.loaders import shard
 from pipeline.engines.checkpoint import load_checkpoint
-from pipeline.engines.factory import shard
 
 AUGMENT_OFF = {k: {"prob": 0.0} for k in ("rotate", "scale", "flip", "elastic", "gamma", "noise", "contrast")}
 

@@ -211,7 +211,7 @@ def test_bad_file_at_inference_writes_nothing(tmp_path, capsys, data2d):
 @pytest.mark.parametrize(
     ("where", "pattern"),
     [
-        ("file", r"cfg\.yaml: train\.epoch: unknown key \(did you mean 'train\.epochs'\?\)"),
+        ("file", r"cfg\.yaml:\d+: train\.epoch: unknown key \(did you mean 'train\.epochs'\?\)"),
         ("set", r"--set train\.epoch=3: train\.epoch: unknown key \(did you mean 'train\.epochs'\?\)"),
         ("component", r"network\.chanels: network 'unet' has no argument 'chanels' \(did you mean 'channels'\?\)"),
         ("section", r"trian: unknown key \(did you mean 'train'\?\)"),

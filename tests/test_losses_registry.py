@@ -8,8 +8,9 @@ import yaml
 from monai import losses as monai_losses
 
 import pipeline.losses  # noqa: F401  (registers everything)
-from pipeline.config import Component, build_component
+from pipeline.config import build_component
 from pipeline.registry import LOSSES
+from pipeline.schema import Component
 from transforms.dictionary import SignedDistanceMapd
 from transforms.keys import DIST, LABEL
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Component, build_component
+from pipeline.config import build_component
 from pipeline.errors import ConfigError
 from pipeline.networks import NETWORKS, DenseUNet, ResUNet, UNet, count_parameters, network_table
 from pipeline.networks._base import pad_to_multiple
+from pipeline.schema import Component
 
 OURS = ("unet", "resunet", "denseunet")
 
@@ -265,7 +266,7 @@ def test_built_from_config(name):
         Component(NETWORKS).validate({**raw, "deep_supervision": "yes"}, "network")
     with pytest.raises(ConfigError, match=r"network.channel: .* no argument 'channel' \(did you mean 'channels'\?\)"):
         Component(NETWORKS).validate({**raw, "channel": [4, 8]}, "network")
-    with pytest.raises(ConfigError, match=r"network \(" + name + r"\): norm must be one of"):
+    with pytest.raises(ConfigError, match=r"network: " + name + r": norm must be one of"):
         build_component({**spec, "norm": "layer"}, NETWORKS, where="network")
 
 

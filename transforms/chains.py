@@ -1,4 +1,4 @@
-"""Transform chains built from config: :func:`build_transforms`.
+"""Transform chains built from typed settings (:class:`ChainSettings`): :func:`build_transforms`.
 
 One chain per mode, for 2D and 3D::
 
@@ -8,19 +8,19 @@ One chain per mode, for 2D and 3D::
     -> [train] CropForegroundd (transforms.crop_foreground)
     -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict; fov -> 0/1)            [train, val]
-    -> post_label hooks (e.g. SignedDistanceMapd writing ``dist``)          [train, val]
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
+    -> [train] the extra batch inputs a loss declares (``settings.inputs``, e.g. ``dist``:
+       SignedDistanceMapd on the augmented crop), each built by its BATCH_INPUTS entry
     -> EnsureTyped (float32)
 
 Everything before the first random transform is deterministic, so a MONAI ``CacheDataset``
-caches it (distance maps included) once per case.
+caches it once per case.
 
-Spatial keys: ``image`` (bilinear), ``label``, ``fov``, ``instance`` (nearest) and the float
-``extra_keys`` (bilinear, e.g. ``dist``). MONAI's random dictionary transforms draw their
-parameters once per call and apply them to every key, so image, label and distance map stay
-aligned.
+Spatial keys: ``image`` (bilinear), ``label``, ``fov``, ``instance`` (nearest). MONAI's random
+dictionary transforms draw their parameters once per call and apply them to every key, so
+image and label maps stay aligned.
 
 Writing predictions back (infer mode): the chain records every invertible spatial step in the
 image's ``MetaTensor`` (orientation and spacing in 3D; no crop or pad happens in infer or val
@@ -39,8 +39,8 @@ transposes back, so the PNG lies over the input (see :mod:`transforms.io`).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,7 +50,6 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureTyped,
     FgBgToIndicesd,
-    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     Rand2DElasticd,
@@ -69,15 +68,14 @@ from monai.transforms import (
     Transform,
 )
 
-from pipeline.data.schema import transforms_schema
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import DataError
+from pipeline.registry import BATCH_INPUTS
 from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
 
-__all__ = ["build_transforms", "chain_settings", "Chain", "find_data_error", "MODES"]
+__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES"]
 
 MODES = ("train", "val", "infer")
-DEFAULT_PATCH = {2: [128, 128], 3: [96, 96, 96]}
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -120,75 +118,62 @@ class _Above:
         return x > self.threshold
 
 
-def _network_int(network: Mapping[str, Any], key: str) -> int:
-    value = network.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"network.{key}: the transform chain needs a positive int, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class ChainSettings:
+    """What a transform chain is built from: typed settings, not a whole config.
 
+    The pipeline makes one from its resolved config (:func:`pipeline.data.loaders.chain_settings`),
+    where every value has been validated and every default filled in once.
 
-def chain_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings a chain is built from: the ``transforms`` section with defaults filled in,
-    plus ``spatial_dims``, ``in_channels`` and ``num_classes`` read from the ``network`` section.
-
-    ``num_classes`` is ``max(2, network.out_channels)`` (one sigmoid output is a binary task).
-
-    Raises:
-        ConfigError: for a bad ``transforms`` section or missing network settings.
+    Attributes:
+        spatial_dims: 2 or 3.
+        in_channels: image channels after channel selection.
+        num_classes: classes including background.
+        patch_size: training crop, one int per spatial axis.
+        spacing: 3D target spacing in mm, or ``None`` (native).
+        orientation: 3D axis codes (``"RAS"``), or ``None`` (keep).
+        channels: image channels to keep, or ``None`` (all).
+        intensity: ``{mode, window, clip, nonzero}``.
+        label_values: the raw value of each class, or ``None`` (labels hold class indices).
+        crop_foreground: ``{enabled, threshold, margin}``.
+        num_samples: random crops per image per step.
+        pos_neg_ratio: crops centred on foreground : background.
+        augment: the augmentation settings (``rotate``, ``scale``, ``flip``, ``elastic``,
+            ``gamma``, ``noise``, ``contrast``), each with a ``prob``.
+        inputs: extra batch inputs to compute after label mapping (names registered in
+            :data:`pipeline.registry.BATCH_INPUTS`, e.g. ``("dist",)``), as a loss declares them
+            in its ``extra_inputs``.
     """
-    tcfg = transforms_schema().validate(dict(config.get("transforms") or {}), "transforms")
-    network = config.get("network")
-    if not isinstance(network, Mapping):
-        raise ConfigError("network: the transform chain needs spatial_dims, in_channels and out_channels")
-    dims = _network_int(network, "spatial_dims")
-    if dims not in (2, 3):
-        raise ConfigError(f"network.spatial_dims: must be 2 or 3, got {dims}")
-    in_channels = _network_int(network, "in_channels")
-    num_classes = max(2, _network_int(network, "out_channels"))
-    patch = tcfg["patch_size"] or DEFAULT_PATCH[dims]
-    if len(patch) != dims:
-        raise ConfigError(f"transforms.patch_size: needs {dims} values for spatial_dims={dims}, got {patch}")
-    channels = tcfg["channels"]
-    if channels is not None and len(channels) != in_channels:
-        raise ConfigError(
-            f"transforms.channels: selects {len(channels)} channel(s) {channels} but network.in_channels is "
-            f"{in_channels}"
-        )
-    labels = tcfg["label_values"]
-    if labels is not None and len(labels) != num_classes:
-        raise ConfigError(
-            f"transforms.label_values: lists {len(labels)} values {labels} but there are {num_classes} classes "
-            "(network.out_channels)"
-        )
-    flip_axes = tcfg["augment"]["flip"]["axes"]
-    if flip_axes is not None and any(a >= dims for a in flip_axes):
-        raise ConfigError(f"transforms.augment.flip.axes: spatial axes are 0..{dims - 1}, got {flip_axes}")
-    low, high = tcfg["intensity"]["window"]
-    if tcfg["intensity"]["mode"] == "window" and not low < high:
-        raise ConfigError(f"transforms.intensity.window: needs low < high, got {[low, high]}")
-    for name in ("scale", "gamma", "contrast"):
-        lo, hi = tcfg["augment"][name]["range"]
-        if lo > hi:
-            raise ConfigError(f"transforms.augment.{name}.range: needs low <= high, got {[lo, hi]}")
-    if dims == 2 and tcfg["spacing"] is not None:
-        warnings.warn("transforms.spacing is ignored for 2D data", stacklevel=3)
-    return {
-        **tcfg,
-        "patch_size": list(patch),
-        "spatial_dims": dims,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-    }
+
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    patch_size: tuple[int, ...]
+    spacing: tuple[float, ...] | None
+    orientation: str | None
+    channels: tuple[int, ...] | None
+    intensity: Mapping[str, Any]
+    label_values: tuple[float, ...] | None
+    crop_foreground: Mapping[str, Any]
+    num_samples: int
+    pos_neg_ratio: float
+    augment: Mapping[str, Any]
+    inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size needs {self.spatial_dims} values, got {self.patch_size!r}")
 
 
-def _spatial(keys: Sequence[str], extra_keys: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Keys of the spatial transforms and their interpolation: bilinear for image and float extras."""
-    all_keys = list(keys) + [k for k in extra_keys if k not in keys]
-    return all_keys, ["bilinear" if k == IMAGE or k in extra_keys else "nearest" for k in all_keys]
+def _grid(keys: Sequence[str]) -> list[str]:
+    """Interpolation per key: bilinear for the image, nearest for label maps."""
+    return ["bilinear" if k == IMAGE else "nearest" for k in keys]
 
 
-def _intensity(s: Mapping[str, Any]) -> list[Transform]:
-    mode, icfg = s["intensity"]["mode"], s["intensity"]
+def _intensity(s: ChainSettings) -> list[Transform]:
+    mode, icfg = s.intensity["mode"], s.intensity
     if mode == "zscore":
         return [NormalizeIntensityd(IMAGE, nonzero=icfg["nonzero"], channel_wise=True)]
     if mode == "window":
@@ -199,10 +184,10 @@ def _intensity(s: Mapping[str, Any]) -> list[Transform]:
     return []
 
 
-def _augment(s: Mapping[str, Any], keys: list[str], extra_keys: Sequence[str]) -> list[Transform]:
-    a, dims = s["augment"], s["spatial_dims"]
+def _augment(s: ChainSettings, keys: list[str]) -> list[Transform]:
+    a, dims = s.augment, s.spatial_dims
     linear = "bilinear" if dims == 2 else "trilinear"
-    grid = ["bilinear" if k == IMAGE or k in extra_keys else "nearest" for k in keys]
+    grid = _grid(keys)
     zoom = [linear if m == "bilinear" else "nearest" for m in grid]
     out: list[Transform] = []
     if a["rotate"]["prob"] > 0:
@@ -260,61 +245,54 @@ def _augment(s: Mapping[str, Any], keys: list[str], extra_keys: Sequence[str]) -
 
 
 def build_transforms(
-    config: Mapping[str, Any],
+    settings: ChainSettings,
     mode: str,
-    *,
-    extra_keys: Sequence[str] = (),
-    post_label: Sequence[Transform | MapTransform] = (),
 ) -> Chain:
-    """Build the transform chain for ``mode`` from a whole config.
+    """Build the transform chain for ``mode``.
 
     Args:
-        config: the resolved config; reads ``transforms`` (defaults filled in when absent) and
-            ``network.spatial_dims`` / ``in_channels`` / ``out_channels``.
+        settings: the chain's settings (:class:`ChainSettings`).
         mode: ``"train"`` (random crops and augmentation), ``"val"`` (deterministic, whole
             images, label kept) or ``"infer"`` (image only, invertible; see the module docstring).
-        extra_keys: float keys created by ``post_label`` transforms (e.g. ``("dist",)``) that
-            must follow the image through the crop and the random spatial transforms (bilinear).
-        post_label: transforms inserted right after label mapping, before the crop (train, val).
 
     Returns:
         A :class:`Chain` (a MONAI ``Compose`` that raises :class:`DataError` unwrapped); in train
         mode it returns a list of ``num_samples`` crops per item.
-        Layouts: ``image`` float32 ``C H W [D]``; ``label`` float32 class indices ``1 H W [D]``.
+        Layouts: ``image`` float32 ``C H W [D]``; ``label`` float32 class indices ``1 H W [D]``;
+        in train mode each of ``settings.inputs`` float32, computed on the augmented crop.
 
     Raises:
-        ValueError: for an unknown ``mode``.
-        ConfigError: for inconsistent settings (channel or class counts, patch size dims).
+        ValueError: for an unknown ``mode`` or an unregistered batch input.
 
     Example:
-        >>> cfg = {"network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}}
-        >>> chain = build_transforms(cfg, "val")
-        >>> type(chain).__name__
-        'Chain'
+        >>> s = ChainSettings(2, 1, 2, (32, 32), None, None, None, {"mode": "none"}, None,
+        ...                   {"enabled": False}, 1, 1.0, {})
+        >>> build_transforms(s, "val").transforms[-1].__class__.__name__
+        'EnsureTyped'
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    s = chain_settings(config)
-    dims = s["spatial_dims"]
-    extra_keys = tuple(extra_keys)
+    s = settings
+    dims = s.spatial_dims
+    inputs = [BATCH_INPUTS.get(name)(s) for name in s.inputs] if mode == "train" else []
     loaded = [IMAGE] if mode == "infer" else [IMAGE, LABEL, FOV, INSTANCE]
     chain: list[Any] = [
         LoadCased(
             loaded,
             spatial_dims=dims,
-            image_channels=s["in_channels"] if s["channels"] is None else None,
+            image_channels=s.in_channels if s.channels is None else None,
             required=[IMAGE] if mode == "infer" else [IMAGE, LABEL],
         )
     ]
-    keys, grid = _spatial(loaded, ())
-    if dims == 3 and s["orientation"]:
+    keys, grid = loaded, _grid(loaded)
+    if dims == 3 and s.orientation:
         # explicit labels: the NIfTI world is RAS (MONAI warns that its default will change)
-        chain.append(Orientationd(keys, axcodes=s["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
-    if dims == 3 and s["spacing"] is not None:
-        chain.append(Spacingd(keys, pixdim=s["spacing"], mode=grid, allow_missing_keys=True))
-    if s["channels"] is not None:
-        chain.append(SelectChannelsd(IMAGE, s["channels"]))
-    crop = s["crop_foreground"]
+        chain.append(Orientationd(keys, axcodes=s.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+    if dims == 3 and s.spacing is not None:
+        chain.append(Spacingd(keys, pixdim=s.spacing, mode=grid, allow_missing_keys=True))
+    if s.channels is not None:
+        chain.append(SelectChannelsd(IMAGE, s.channels))
+    crop = s.crop_foreground
     if mode == "train" and crop["enabled"]:
         chain.append(
             CropForegroundd(
@@ -327,13 +305,12 @@ def build_transforms(
         )
     chain += _intensity(s)
     if mode != "infer":
-        chain.append(MapLabelsd(LABEL, s["label_values"], s["num_classes"]))
+        chain.append(MapLabelsd(LABEL, s.label_values, s.num_classes))
         chain.append(MapLabelsd(FOV, None, 2, allow_missing_keys=True))
-        chain += list(post_label)
     if mode == "train":
-        keys, _ = _spatial(loaded, extra_keys)
-        patch = s["patch_size"]
-        ratio = s["pos_neg_ratio"]
+        keys = loaded
+        patch = s.patch_size
+        ratio = s.pos_neg_ratio
         chain += [
             SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True),
             FgBgToIndicesd(LABEL),
@@ -343,14 +320,17 @@ def build_transforms(
                 spatial_size=patch,
                 pos=ratio,
                 neg=1.0,
-                num_samples=s["num_samples"],
+                num_samples=s.num_samples,
                 fg_indices_key=_FG,
                 bg_indices_key=_BG,
                 allow_missing_keys=True,
             ),
             DeleteItemsd([_FG, _BG]),
         ]
-        chain += _augment(s, keys, extra_keys)
-    typed = [*loaded, *extra_keys] if mode != "infer" else [IMAGE]
+        chain += _augment(s, keys)
+        # extra inputs last: computed on the augmented patch (exact, and cheaper than carrying
+        # cached maps through rotation and zoom; see transforms.dictionary.SignedDistanceMapd)
+        chain += inputs
+    typed = [*loaded, *s.inputs] if mode != "infer" else [IMAGE]
     chain.append(EnsureTyped(typed, dtype=torch.float32, allow_missing_keys=True))
     return Chain(chain)

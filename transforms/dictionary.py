@@ -20,6 +20,7 @@ from monai.utils import ensure_tuple_rep
 
 from pipeline.data._utils import list_some
 from pipeline.errors import DataError
+from pipeline.registry import BATCH_INPUTS
 from transforms.array import MapLabels, MeanFilter, SelectChannels, SignedDistanceMap
 from transforms.io import Image2DReader, file_kind, nifti_reader
 from transforms.keys import CASE, DIST, FOV, IMAGE, INSTANCE, LABEL
@@ -329,3 +330,11 @@ class SignedDistanceMapd(MapTransform):
         for key, dist_key in self.key_iterator(d, self.dist_keys):
             d[dist_key] = self.transform(d[key])
         return d
+
+
+@BATCH_INPUTS.register(DIST)
+def _distance_input(settings: Any) -> SignedDistanceMapd:
+    """``dist`` for a loss that declares it (the boundary loss): signed distance maps of the
+    augmented crop's label, in the training grid's spacing (the resampling target in 3D, else
+    the label's own: 1 per pixel in 2D)."""
+    return SignedDistanceMapd(LABEL, num_classes=settings.num_classes, spacing=settings.spacing)

@@ -9,45 +9,43 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-from pipeline.config import apply_overrides, load_yaml, parse_overrides
+from pipeline.config import Config, load_config
 from pipeline.data.datalist import load_datalist
-from pipeline.data.schema import data_schema, transforms_schema
-from pipeline.errors import ConfigError
-from transforms.chains import Chain, chain_settings, find_data_error
+from pipeline.data.loaders import chain_settings
+from transforms.chains import Chain, find_data_error
 from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import CASE, FOV, IMAGE, INSTANCE, LABEL
 
-__all__ = ["check_dataset", "load_check_config", "run_check_data"]
+__all__ = ["check_dataset", "run_check_data"]
 
 
-def _check_chain(config: Mapping[str, Any]) -> Chain:
+def _check_chain(config: Config) -> Chain:
     s = chain_settings(config)
     steps: list[Any] = [
         LoadCased(
             [IMAGE, LABEL, FOV, INSTANCE],
-            spatial_dims=s["spatial_dims"],
-            image_channels=s["in_channels"] if s["channels"] is None else None,
+            spatial_dims=s.spatial_dims,
+            image_channels=s.in_channels if s.channels is None else None,
             required=[IMAGE, LABEL],
         )
     ]
-    if s["channels"] is not None:
-        steps.append(SelectChannelsd(IMAGE, s["channels"]))
+    if s.channels is not None:
+        steps.append(SelectChannelsd(IMAGE, s.channels))
     steps += [
-        MapLabelsd(LABEL, s["label_values"], s["num_classes"]),
+        MapLabelsd(LABEL, s.label_values, s.num_classes),
         MapLabelsd(FOV, None, 2, allow_missing_keys=True),
     ]
     return Chain(steps)
 
 
-def check_dataset(config: Mapping[str, Any]) -> tuple[int, list[str]]:
+def check_dataset(config: Config) -> tuple[int, list[str]]:
     """Load and check every case the ``data`` section points at.
 
     Args:
-        config: a config with ``data``, ``transforms`` and ``network`` (``spatial_dims``,
-            ``in_channels``, ``out_channels``).
+        config: the resolved config.
 
     Returns:
         ``(number of cases checked, problems)``; each problem is one line naming the file.
@@ -57,7 +55,7 @@ def check_dataset(config: Mapping[str, Any]) -> tuple[int, list[str]]:
         DataError: for a layout problem that prevents listing the cases at all.
     """
     chain = _check_chain(config)
-    splits = load_datalist(config.get("data") or {})
+    splits = load_datalist(config["data"])
     problems: list[str] = []
     count = 0
     for part in ("train", "val", "test"):
@@ -72,34 +70,17 @@ def check_dataset(config: Mapping[str, Any]) -> tuple[int, list[str]]:
     return count, problems
 
 
-def load_check_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read the sections the check needs (``data``, ``transforms``, ``network``) from a config file.
-
-    Only ``data`` and ``transforms`` are validated: the check runs before (and without) the
-    network, loss and trainer being built.
-
-    Raises:
-        ConfigError: naming the file and the key.
-    """
-    raw = apply_overrides(load_yaml(path), parse_overrides(overrides))
-    try:
-        return {
-            "data": data_schema().validate(raw.get("data"), "data"),
-            "transforms": transforms_schema().validate(raw.get("transforms"), "transforms"),
-            "network": raw.get("network") if isinstance(raw.get("network"), Mapping) else {},
-        }
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
 def run_check_data(path: str | os.PathLike, overrides: Iterable[str] = (), out: TextIO | None = None) -> int:
     """``medseg check-data``: check the dataset a config points at; print problems; exit code.
+
+    The whole config is resolved first, so a mistyped setting anywhere (a loss term's argument
+    included) is reported before any file is read.
 
     Returns:
         0 when every case loads cleanly, 2 when there are problems (each printed on its own line).
     """
     out = out or sys.stdout
-    config = load_check_config(path, overrides)
+    config = load_config(path, overrides)
     count, problems = check_dataset(config)
     root = config["data"]["root"]
     if problems:

@@ -7,30 +7,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.data.readers import READERS, Dataset
-from pipeline.data.schema import data_schema
 from pipeline.data.splits import apply_split, split_cases
 from pipeline.errors import ConfigError, DataError
 
 __all__ = ["load_datalist", "read_dataset"]
 
 
-def _resolve(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = data_schema().validate(dict(data_cfg or {}), "data")
-    if not cfg["root"]:
-        raise ConfigError("data.root: missing; set it to the dataset folder")
-    if cfg["fold"] is not None and cfg["fold"] >= cfg["num_folds"]:
-        raise ConfigError(f"data.fold: must be < data.num_folds ({cfg['num_folds']}), got {cfg['fold']}")
-    return cfg
+def _require_root(data_cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not data_cfg["root"]:
+        raise ConfigError("missing; set it to the dataset folder", key="data.root")
+    return data_cfg
 
 
 def read_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
     """Read the dataset the ``data`` section points at, without splitting it.
 
+    Args:
+        data_cfg: the resolved ``data`` section (:func:`pipeline.config.load_config`).
+
     Raises:
-        ConfigError: for a bad ``data`` section.
+        ConfigError: ``data.root`` is not set.
         DataError: for layout problems (see :mod:`pipeline.data.readers`).
     """
-    cfg = _resolve(data_cfg)
+    cfg = _require_root(data_cfg)
     reader = READERS[cfg["format"]]
     if cfg["format"] == "folders":
         return reader(cfg["root"], cfg["image_dir"], cfg["label_dir"], cfg["label_suffix"], cfg["pattern"])
@@ -46,14 +45,14 @@ def load_datalist(data_cfg: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]
     training cases; ``test_fraction`` is then ignored.
 
     Args:
-        data_cfg: the ``data`` section of a config (resolved or not; defaults are filled in).
+        data_cfg: the resolved ``data`` section (:func:`pipeline.config.load_config`).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``; items are
         ``{"image": path | [paths], "label": path | [mask paths], "case": id, ...}``.
 
     Raises:
-        ConfigError: for a bad ``data`` section.
+        ConfigError: ``data.root`` is not set.
         DataError: for layout problems or too few cases to split.
 
     Example:
@@ -61,7 +60,7 @@ def load_datalist(data_cfg: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]
         >>> sorted(splits), splits["train"][0]["case"]  # doctest: +SKIP
         (['test', 'train', 'val'], '23_training')
     """
-    cfg = _resolve(data_cfg)
+    cfg = _require_root(data_cfg)
     dataset = read_dataset(cfg)
     shipped_test = dataset.test is not None
     if shipped_test and cfg["test_fraction"] > 0:

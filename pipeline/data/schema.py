@@ -14,7 +14,8 @@ Example YAML (DRIVE, green channel, 2D patches)::
 
 from __future__ import annotations
 
-from pipeline.config import Field, Section, register_section
+from pipeline.errors import ConfigError
+from pipeline.schema import Field, Section
 
 __all__ = ["data_schema", "transforms_schema", "FORMATS", "INTENSITY_MODES"]
 
@@ -42,8 +43,14 @@ def data_schema() -> Section:
             "fold": Field(int, None, nullable=True, minimum=0, help="validation fold; null uses val_fraction"),
             "split_seed": Field(int, 0, minimum=0, help="seed of the Fisher-Yates split (independent of `seed`)"),
         },
+        check=_check_data,
         help="dataset location, layout and split",
     )
+
+
+def _check_data(data: dict, where: str) -> None:
+    if data["fold"] is not None and data["fold"] >= data["num_folds"]:
+        raise ConfigError(f"must be < data.num_folds ({data['num_folds']}), got {data['fold']}", key=f"{where}.fold")
 
 
 def _prob(default: float) -> Field:
@@ -97,7 +104,13 @@ def transforms_schema() -> Section:
     return Section(
         {
             "patch_size": Field(
-                list, None, item=int, length=(2, 3), minimum=1, nullable=True, help="train crop; null: 128² or 96³"
+                list,
+                None,
+                item=int,
+                length=(2, 3),
+                minimum=1,
+                nullable=True,
+                help="train crop; null: 128² (2D) or 96³ (3D), filled in when the config is resolved",
             ),
             "spacing": Field(
                 list, None, item=float, length=3, minimum=0.0, nullable=True, help="3D target spacing; null: native"
@@ -128,13 +141,3 @@ def transforms_schema() -> Section:
         },
         help="load, normalise, crop and augment",
     )
-
-
-@register_section("data")
-def _data() -> Section:
-    return data_schema()
-
-
-@register_section("transforms")
-def _transforms() -> Section:
-    return transforms_schema()

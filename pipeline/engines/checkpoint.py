@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config import plain
 from pipeline.errors import MedsegError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT"]
@@ -37,6 +38,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
         The path written.
     """
     path = Path(path)
+    if "config" in state:  # a resolved (read-only) config is stored as plain dicts and lists
+        state = {**state, "config": plain(state["config"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

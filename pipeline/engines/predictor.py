@@ -27,7 +27,8 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 from tqdm.auto import tqdm
 
-from pipeline.config import load_config
+from pipeline.config import Config, load_config, resolve
+from pipeline.data.loaders import build_chain
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import autocast_dtype, predict
@@ -108,7 +109,7 @@ class Predictor:
     def __init__(
         self,
         checkpoint: str | os.PathLike,
-        config: Mapping[str, Any] | None = None,
+        config: Config | None = None,
         *,
         device: str | None = None,
         tta: bool | None = None,
@@ -116,15 +117,12 @@ class Predictor:
         overlap: float | None = None,
         progress: bool = False,
     ) -> None:
-        from transforms.chains import build_transforms
-
         ckpt = load_checkpoint(checkpoint)
-        self.config = dict(config) if config is not None else ckpt["config"]
+        self.config = config if config is not None else resolve(ckpt["config"], source=str(checkpoint))
         infer = dict(self.config["infer"])
         for key, value in (("tta", tta), ("sw_batch_size", sw_batch_size), ("overlap", overlap)):
             if value is not None:
                 infer[key] = value
-        infer["roi_size"] = factory.roi_size(self.config)
         self.infer = infer
         self.device = factory.select_device(device or infer["device"])
         self.network = factory.build_network(self.config)
@@ -135,8 +133,8 @@ class Predictor:
             raise MedsegError(f"{checkpoint}: weights do not fit the configured network ({first})") from None
         self.network.to(self.device).eval()
         self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
-        self.chain = build_transforms(self.config, "infer")
-        self.label_values = self.config.get("transforms", {}).get("label_values")
+        self.chain = build_chain(self.config, "infer")
+        self.label_values = self.config.label_values
         self.progress = progress
 
     def __call__(self, item: Mapping[str, Any] | str | os.PathLike) -> Prediction:
@@ -169,8 +167,7 @@ class Predictor:
         return Prediction(probabilities=probs, labels=labels, image=image)
 
     def _memory_advice(self, source: Any, shape: tuple[int, ...]) -> str:
-        classes = max(2, int(self.config["network"]["out_channels"]))
-        gib = classes * int(np.prod(shape[1:])) * 4 / 2**30
+        gib = self.config.num_classes * int(np.prod(shape[1:])) * 4 / 2**30
         where = f"out of memory segmenting {source} (shape {shape}, {gib:.1f} GiB of class probabilities)"
         if self.device.type == "cuda":
             # the output is already stitched on the CPU when it does not fit; what is left is the windows
@@ -297,18 +294,17 @@ def run_inference(
     return written
 
 
-def _load_reference(config: Mapping[str, Any], item: Mapping[str, Any]) -> tuple[np.ndarray, tuple, np.ndarray | None]:
+def _load_reference(config: Config, item: Mapping[str, Any]) -> tuple[np.ndarray, tuple, np.ndarray | None]:
     """Label (class indices), spacing and optional FOV of an item, in the file's loaded geometry."""
-    from transforms.chains import chain_settings
     from transforms.dictionary import LoadCased, MapLabelsd
 
-    s = chain_settings(config)
+    dims = config.spatial_dims
     wanted = {k: item[k] for k in (keys.LABEL, keys.FOV) if k in item}
-    load = LoadCased(list(wanted), spatial_dims=s["spatial_dims"], required=[keys.LABEL], image_key=keys.LABEL)
-    d = MapLabelsd(keys.LABEL, s["label_values"], s["num_classes"])(load(wanted))
+    load = LoadCased(list(wanted), spatial_dims=dims, required=[keys.LABEL], image_key=keys.LABEL)
+    d = MapLabelsd(keys.LABEL, config.label_values, config.num_classes)(load(wanted))
     d = MapLabelsd(keys.FOV, None, 2, allow_missing_keys=True)(d)
     label = d[keys.LABEL]
-    spacing = tuple(float(v) for v in label.pixdim[: s["spatial_dims"]]) if isinstance(label, MetaTensor) else None
+    spacing = tuple(float(v) for v in label.pixdim[:dims]) if isinstance(label, MetaTensor) else None
     fov = np.asarray(d[keys.FOV])[0] if keys.FOV in d else None
     return np.asarray(label)[0].astype(np.int64), spacing, fov
 
@@ -344,7 +340,7 @@ def evaluate_split(
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
     check_outputs(output, overwrite)
     predictor = Predictor(checkpoint, config, device=device, tta=tta)
-    classes = tuple(range(1, factory.num_classes(config)))
+    classes = tuple(range(1, config.num_classes))
     evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=tuple(metrics or METRICS))
     pred_dir = Path(output) / "predictions"
     if save_predictions:

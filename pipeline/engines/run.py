@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ConfigError, dump_config, load_config
+from pipeline.config import Config, ConfigError, dump_config, load_config
+from pipeline.data import load_datalist
+from pipeline.data.loaders import build_loaders
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
 from pipeline.engines.inferer import autocast_dtype
@@ -246,7 +248,7 @@ def run_training(
         device = dist.device(factory.select_device(config["train"]["device"]))
         ckpt_path, ckpt = _shared_resume_checkpoint(run_dir, dist, device) if resume else (None, None)
         if ckpt is not None:
-            _check_resumable(ckpt["config"], config, ckpt_path)
+            _check_resumable(ckpt["config"], config.to_dict(), ckpt_path)
         fresh = ckpt is None
         created = not run_dir.exists()
         error: MedsegError | None = None
@@ -281,15 +283,13 @@ def run_training(
 
 
 def _build_trainer(
-    config: Mapping[str, Any], run_dir: Path, dist: distributed_context, device: torch.device, progress: bool
+    config: Config, run_dir: Path, dist: distributed_context, device: torch.device, progress: bool
 ) -> Trainer:
     """Network, loss, optimiser, loaders (data is loaded and cached here) and the Trainer.
 
     Under DDP every rank learns whether another failed, so a bad file in one rank's shard stops
     them all with its one-line error instead of a hang.
     """
-    from pipeline.data import load_datalist
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config["train"]["deterministic"]
     if config["train"]["deterministic"]:
@@ -301,15 +301,15 @@ def _build_trainer(
         network = factory.build_network(config).to(device)
         if config["train"]["channels_last"]:
             network = network.to(
-                memory_format=torch.channels_last_3d if network_dims(config) == 3 else torch.channels_last
+                memory_format=torch.channels_last_3d if config.spatial_dims == 3 else torch.channels_last
             )
         loss = factory.build_loss(config)
         optimizer = factory.build_optimizer(config, network.parameters())
         scheduler = factory.build_scheduler(config, optimizer)
-        train_loader, val_loader = factory.build_loaders(
+        train_loader, val_loader = build_loaders(
             config, splits, loss, run_dir, device, rank=dist.rank, world_size=dist.world_size
         )
-        infer = dict(config["infer"], roi_size=factory.roi_size(config))
+        infer = dict(config["infer"])
     except MedsegError as err:
         error = err
     _agree_on_failure(error, dist, device)
@@ -328,7 +328,7 @@ def _build_trainer(
         val_loader=val_loader,
         config=config,
         run_dir=run_dir,
-        num_classes=factory.num_classes(config),
+        num_classes=config.num_classes,
         device=device,
         epochs=config["train"]["epochs"],
         val_every=config["train"]["val_every"],
@@ -362,7 +362,3 @@ def _sync_batch_norm(network: torch.nn.Module, device: torch.device) -> torch.nn
         stacklevel=3,
     )
     return network
-
-
-def network_dims(config: Mapping[str, Any]) -> int:
-    return int(config["network"]["spatial_dims"])

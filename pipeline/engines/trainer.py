@@ -130,7 +130,7 @@ class Trainer:
         self.scheduler = scheduler
         self.train_loader = train_loader
         self.val_loader = val_loader
-        self.config = dict(config)
+        self.config = config
         self.run_dir = Path(run_dir)
         self.num_classes = num_classes
         self.device = device

@@ -62,14 +62,15 @@ def forward_with_extras(loss: torch.nn.Module, input: Any, target: torch.Tensor,
 
 
 def _build(spec: Mapping[str, Any] | str | torch.nn.Module, where: str) -> torch.nn.Module:
+    """A term given as a built module (what a config gives: its terms are validated and built
+    first, see :mod:`pipeline.sections`) or, from Python, as a registry name or mapping."""
     if isinstance(spec, torch.nn.Module):
         return spec
-    if not isinstance(spec, (Mapping, str)):
-        raise TypeError(f"{where} must be a mapping like {{name: dice_ce, ...}} or a loss module, got {spec!r}")
-    from pipeline.config import Component, build_component
-
-    resolved = Component(LOSSES).validate(spec if isinstance(spec, str) else dict(spec), where)
-    return build_component(resolved, LOSSES, where=where)
+    if isinstance(spec, str):
+        return LOSSES.build(spec)
+    if isinstance(spec, Mapping) and "name" in spec:
+        return LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+    raise TypeError(f"{where} must be a loss module or a mapping like {{name: dice_ce, ...}}, got {spec!r}")
 
 
 @LOSSES.register("compound")

@@ -1,0 +1,166 @@
+"""From a resolved config to transform chains, cached datasets and data loaders.
+
+Everything that turns datalists into batches lives here: the chain settings taken from the
+config (:func:`chain_settings`), the chain for each mode (:func:`build_chain`), the cache
+(:func:`make_dataset`), the per-rank share under DDP (:func:`shard`) and the loaders
+(:func:`build_loaders`). The engines receive the loaders built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from transforms.chains import Chain, ChainSettings, build_transforms
+
+__all__ = ["chain_settings", "build_chain", "make_dataset", "build_loaders", "shard", "auto_workers", "cpu_count"]
+
+
+def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
+    """The transform chain's settings from the resolved config.
+
+    Args:
+        config: the resolved config (defaults and derived values filled in).
+        inputs: extra batch inputs the loss declares (its ``extra_inputs``).
+    """
+    t = config["transforms"]
+    return ChainSettings(
+        spatial_dims=config.spatial_dims,
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        patch_size=config.patch_size,
+        spacing=tuple(t["spacing"]) if t["spacing"] is not None else None,
+        orientation=t["orientation"],
+        channels=tuple(t["channels"]) if t["channels"] is not None else None,
+        intensity=t["intensity"],
+        label_values=config.label_values,
+        crop_foreground=t["crop_foreground"],
+        num_samples=t["num_samples"],
+        pos_neg_ratio=t["pos_neg_ratio"],
+        augment=t["augment"],
+        inputs=tuple(inputs),
+    )
+
+
+def build_chain(config: Config, mode: str, loss: torch.nn.Module | None = None) -> Chain:
+    """The chain for ``mode``; in train mode with the batch inputs ``loss`` declares."""
+    inputs = tuple(getattr(loss, "extra_inputs", ())) if loss is not None and mode == "train" else ()
+    return build_transforms(chain_settings(config, inputs), mode)
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shard(items: Sequence[Mapping[str, Any]], rank: int, world_size: int) -> list[Mapping[str, Any]]:
+    """This rank's share of ``items`` (round robin, every rank the same count by repeating items).
+
+    Each rank caches only its share and its loader reshuffles it every epoch (the trainer reseeds
+    the loader's generator from ``(seed, epoch, rank)``), as MONAI's own DDP recipes partition a
+    dataset before caching it; a ``DistributedSampler`` would index the whole dataset, so every
+    rank would have to cache every case. Equal counts keep every rank at the same number of steps
+    (a rank with fewer would leave the others waiting in an all-reduce).
+
+    Example:
+        >>> [d["case"] for d in shard([{"case": c} for c in "abc"], rank=1, world_size=2)]
+        ['b', 'a']
+    """
+    if world_size <= 1:
+        return list(items)
+    per_rank = -(-len(items) // world_size)
+    padded = [items[i % len(items)] for i in range(per_rank * world_size)]
+    return padded[rank::world_size]
+
+
+def make_dataset(
+    items: Sequence[Mapping[str, Any]],
+    transform: Chain,
+    train_cfg: Mapping[str, Any],
+    cache_dir: str | Path,
+    num_workers: int,
+) -> Dataset:
+    """A MONAI dataset caching the deterministic prefix of ``transform`` as configured."""
+    items = list(items)
+    if train_cfg["cache"] == "memory":
+        return CacheDataset(
+            items, transform, cache_rate=train_cfg["cache_rate"], num_workers=max(1, num_workers), progress=False
+        )
+    if train_cfg["cache"] == "disk":
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(items, transform, cache_dir=cache_dir)
+    return Dataset(items, transform)
+
+
+def auto_workers(device: torch.device) -> int:
+    """Loader workers: none on a small CPU machine (they would steal the network's cores)."""
+    cpus = cpu_count()
+    if device.type == "cuda":
+        return max(1, min(8, cpus - 1))
+    return 0 if cpus <= 4 else min(4, cpus // 4)
+
+
+def cache_digest(config: Config) -> str:
+    """A short digest of the settings that shape cached arrays.
+
+    MONAI's ``PersistentDataset`` names cache files by the data item only: the cache folder is
+    keyed by this digest, so a shared ``cache_dir`` never serves arrays of other settings.
+    """
+    shaping = {k: config.to_dict()[k] for k in ("transforms", "network")}
+    return hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def build_loaders(
+    config: Config,
+    splits: Mapping[str, Sequence[Mapping[str, Any]]],
+    loss: torch.nn.Module,
+    run_dir: str | Path,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[DataLoader, DataLoader | None]:
+    """Training and validation loaders; under DDP each rank caches and samples only its shard.
+
+    Raises:
+        ConfigError: the training split is empty.
+    """
+    train_cfg = config["train"]
+    workers = train_cfg["num_workers"] if train_cfg["num_workers"] >= 0 else auto_workers(device)
+    if not splits.get("train"):
+        raise ConfigError("the training split is empty; check data.root and the split fractions", key="data")
+    cache_root = Path(train_cfg["cache_dir"] or Path(run_dir) / "cache") / cache_digest(config)
+    train_ds = make_dataset(
+        shard(splits["train"], rank, world_size),
+        build_chain(config, "train", loss),
+        train_cfg,
+        cache_root / "train",
+        workers,
+    )
+    generator = torch.Generator()
+    generator.manual_seed(config["seed"])
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=train_cfg["batch_size"],
+        shuffle=True,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+        drop_last=len(train_ds) > train_cfg["batch_size"],
+        persistent_workers=False,  # workers are reseeded from the generator every epoch
+    )
+    val_loader = None
+    if splits.get("val"):
+        val_items = list(splits["val"])[rank::world_size]  # no padding duplicates: metrics are summed
+        val_ds = make_dataset(val_items, build_chain(config, "val"), train_cfg, cache_root / "val", workers)
+        val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=workers)
+    return train_loader, val_loader
