@@ -56,8 +56,8 @@ def main() -> None:
     out = Path(args.out)
     results = []
     for task in args.tasks:
-        data = make_dataset(task, out / "data" / task, DEMOS[task]["n"], 0, overwrite=True)
-        config = config_dir() / DEMOS[task]["config"]
+        data = make_dataset(task, out / "data" / task, DEMOS.get(task).n, 0, overwrite=True)
+        config = config_dir() / DEMOS.get(task).config
         for network in args.networks:
             for loss in args.losses:
                 for seed in args.seeds:

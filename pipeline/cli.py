@@ -294,7 +294,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="Write a synthetic dataset, train a network with Dice + boundary loss, evaluate it on "
         "held-out cases, segment one image and write a report with metrics, curves and overlays.",
     )
-    p.add_argument("--kind", default="vessel2d", choices=tuple(DEMOS), help="dataset (default: vessel2d, DRIVE-like)")
+    p.add_argument("--kind", default="vessel2d", choices=DEMOS.names(), help="dataset (default: vessel2d, DRIVE-like)")
     p.add_argument("--network", help="network name from `medseg networks` (default: the demo config's unet)")
     p.add_argument("--out", help="demo folder (default: runs/demo-KIND); a second run replaces it")
     p.add_argument("--seed", type=int, default=0)

@@ -18,40 +18,50 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError, MedsegError
+from pipeline.registry import DEMOS
 
 __all__ = ["run_demo", "DEMOS", "config_dir"]
 
 MARKER = ".medseg-demo"
 
 
-DEMOS: dict[str, dict[str, Any]] = {
-    # kind: config file, cases, and what --quick shrinks it to (for tests)
-    "vessel2d": {
-        "config": "demo_vessel2d.yaml",
-        "n": 16,
-        "quick": {"n": 5, "size": 64, "overrides": ["transforms.patch_size=[32, 32]", "infer.roi_size=[32, 32]"]},
-    },
-    "cell": {
-        "config": "demo_cell.yaml",
-        "n": 24,
-        "quick": {"n": 7, "size": 64, "overrides": ["transforms.patch_size=[32, 32]", "infer.roi_size=[32, 32]"]},
-    },
-    "lung": {
-        "config": "demo_lung.yaml",
-        "n": 10,
-        "quick": {
-            "n": 5,
-            "size": [32, 32, 16],
-            "overrides": ["transforms.patch_size=[32, 32, 16]", "infer.roi_size=[32, 32, 16]"],
-        },
-    },
-}
+@dataclass(frozen=True)
+class Demo:
+    """One demo: its config file, how many cases, and what ``--quick`` shrinks it to (tests).
+
+    Attributes:
+        config: the config file in ``configs/``.
+        n: synthetic training cases.
+        quick_n / quick_size / quick_overrides: the ``--quick`` version.
+    """
+
+    config: str
+    n: int
+    quick_n: int
+    quick_size: int | tuple[int, ...]
+    quick_overrides: tuple[str, ...]
+
+
+def _register(kind: str, demo: Demo) -> None:
+    DEMOS.register(kind, demo)
+
+
+_register(
+    "vessel2d",
+    Demo("demo_vessel2d.yaml", 16, 5, 64, ("transforms.patch_size=[32, 32]", "infer.roi_size=[32, 32]")),
+)
+_register("cell", Demo("demo_cell.yaml", 24, 7, 64, ("transforms.patch_size=[32, 32]", "infer.roi_size=[32, 32]")))
+_register(
+    "lung",
+    Demo("demo_lung.yaml", 10, 5, (32, 32, 16), ("transforms.patch_size=[32, 32, 16]", "infer.roi_size=[32, 32, 16]")),
+)
 QUICK_COMMON = [
     "train.epochs=2",
     "scheduler.warmup_epochs=0",
@@ -107,17 +117,18 @@ def run_demo(
     from pipeline.engines.predictor import evaluate_split, find_inputs, run_inference
     from pipeline.engines.run import run_training
 
-    if kind not in DEMOS:
-        raise ConfigError(f"--kind: unknown demo {kind!r}; choose from {', '.join(DEMOS)}")
-    spec = DEMOS[kind]
+    try:
+        spec = DEMOS.get(kind)
+    except ValueError as err:
+        raise ConfigError(str(err), source="--kind") from None
     out = Path(out) if out is not None else Path("runs") / f"demo-{kind}"
-    config_path = config_dir() / spec["config"]
+    config_path = config_dir() / spec.config
     start = time.perf_counter()
     _prepare(out)
 
     data_dir, run_dir, eval_dir, infer_dir = out / "data", out / "run", out / "test", out / "infer"
-    n = spec["quick"]["n"] if quick else spec["n"]
-    size = spec["quick"]["size"] if quick else None
+    n = spec.quick_n if quick else spec.n
+    size = spec.quick_size if quick else None
     _say(1, f"writing {n} synthetic {kind} cases to {data_dir}")
     make_dataset(kind, data_dir, n, seed, size=size)
 
@@ -125,9 +136,9 @@ def run_demo(
     if network is not None:
         overrides.append(f"network.name={network}")
     if quick:
-        overrides += QUICK_COMMON + spec["quick"]["overrides"]
+        overrides += QUICK_COMMON + list(spec.quick_overrides)
     overrides += list(extra_overrides)
-    _say(2, f"training ({spec['config']}{', network ' + network if network else ''}) -> {run_dir}")
+    _say(2, f"training ({spec.config}{', network ' + network if network else ''}) -> {run_dir}")
     summary = run_training(config_path, overrides, overwrite=True, progress=progress)
     best = Path(run_dir) / "checkpoints" / "best.pt"
     if not best.exists():

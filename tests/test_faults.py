@@ -3,10 +3,12 @@ problem, exit code 2, and nothing half-written (no run folder is left behind by 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -251,16 +253,37 @@ def test_output_folder_that_cannot_be_written(tmp_path, capsys, data2d):
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+@contextlib.contextmanager
+def _read_only(folder):
+    """Make ``folder`` unwritable, for root too: root ignores permission bits, so as root the
+    folder is made immutable (``chattr +i``; CI runs as root); otherwise ``chmod 500``."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"chattr +i {folder} failed as root: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def test_read_only_output_folder(tmp_path, capsys, data2d):
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
+    with _read_only(locked):
         config = write_config(tmp_path / "cfg.yaml", tiny_config(data2d, locked / "run"))
-        _fails(capsys, ["train", "-c", config], r"locked/run: cannot write the run folder \(Permission denied\)")
-    finally:
-        locked.chmod(0o700)
+        _fails(
+            capsys,
+            ["train", "-c", config],
+            r"locked/run: cannot write the run folder \((Permission denied|Operation not permitted)\)",
+        )
+        assert not (locked / "run").exists()
 
 
 def test_failed_start_leaves_nothing_but_user_files(tmp_path, capsys, data2d):

@@ -238,6 +238,7 @@ def disks(n: int = 4, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torc
     return torch.stack(images)[:, None], torch.stack(masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", OURS)
 def test_learns_to_segment_disks(name):
     x, y = disks()

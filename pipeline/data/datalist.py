@@ -56,9 +56,13 @@ def load_datalist(data_cfg: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]
         DataError: for layout problems or too few cases to split.
 
     Example:
-        >>> splits = load_datalist({"format": "drive", "root": "data/DRIVE"})  # doctest: +SKIP
-        >>> sorted(splits), splits["train"][0]["case"]  # doctest: +SKIP
-        (['test', 'train', 'val'], '23_training')
+        >>> import tempfile
+        >>> from pipeline.data.schema import data_schema
+        >>> from pipeline.data.synth import make_dataset
+        >>> root = make_dataset("vessel2d", tempfile.mkdtemp(), n=5, seed=0, size=32)
+        >>> splits = load_datalist(data_schema().validate({"format": "drive", "root": str(root)}, "data"))
+        >>> {part: len(items) for part, items in splits.items()}, splits["test"][0]["case"]
+        ({'train': 4, 'val': 1, 'test': 1}, '01_test')
     """
     cfg = _require_root(data_cfg)
     dataset = read_dataset(cfg)

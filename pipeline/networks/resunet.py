@@ -68,6 +68,7 @@ class ResUNet(EncoderDecoder):
         ValueError: a bad argument, e.g. ``dilations`` whose length is not ``len(channels)``.
 
     Example:
+        >>> import torch
         >>> net = ResUNet(3, 1, 2, channels=(4, 8, 16))
         >>> net(torch.zeros(1, 1, 17, 19, 15)).shape
         torch.Size([1, 2, 17, 19, 15])

@@ -58,6 +58,7 @@ class UNet(EncoderDecoder):
         ValueError: a bad argument, naming the value and the options.
 
     Example:
+        >>> import torch
         >>> net = UNet(2, 1, 2, channels=(8, 16, 32))
         >>> net(torch.zeros(1, 1, 37, 53)).shape
         torch.Size([1, 2, 37, 53])

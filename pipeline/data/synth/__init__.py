@@ -14,9 +14,11 @@ cell       DSB2018 fluorescence nuclei            DSB ``stage1_train/<id>/``    
 ========== ====================================== =============================== ==============
 
 Example:
-    >>> from pipeline.data.synth import make_dataset
-    >>> root = make_dataset("vessel2d", "/tmp/drive", n=4, seed=0)  # doctest: +SKIP
-    >>> load_datalist({"format": "drive", "root": root})  # doctest: +SKIP
+    >>> import tempfile
+    >>> from pipeline.data.readers import read_drive
+    >>> root = make_dataset("vessel2d", tempfile.mkdtemp(), n=4, seed=0, size=32)
+    >>> len(read_drive(root).items), len(read_drive(root).test)
+    (4, 1)
 """
 
 from __future__ import annotations
