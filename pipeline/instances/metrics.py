@@ -27,17 +27,18 @@ numbers equal theirs (``bench/instances_reference.py`` runs both references on r
 Ids need not be consecutive (1, 5, 9 is three objects; StarDist relabels too, while Cellpose's
 ``average_precision`` counts ``max(id)`` objects, so it must be given consecutive ids).
 
-Where we differ from the references, on purpose:
+Where we differ from the references, on purpose: both maps empty.
 
 ==========================  ======================  ===============  ==================
 case                        medseg                  StarDist         Cellpose
 ==========================  ======================  ===============  ==================
 both maps empty             1 (AP, F1, P, R, PQ,    0                NaN (AP, AJI)
                             SQ, AJI); count err. 0
-IoU exactly at a threshold  matches (float64 IoU)   may not (>= 0.9  matches
-(e.g. 7/10 at 0.7)                                  rounds IoU to
-                                                    float32)
 ==========================  ======================  ===============  ==================
+
+StarDist 0.9 computes IoUs in float32 and compares them with the threshold in float32, so an
+IoU within float32 rounding (~3e-8) of a threshold without being equal to it would match there
+and not here; IoUs are fractions of pixel counts, so that needs objects of ~10^7 pixels.
 
 Both-empty images score 1, like :mod:`pipeline.metrics`' ``both_empty`` status, so a mean over
 images counts them as solved rather than failed. One empty map scores 0 (AJI too).
