@@ -17,7 +17,7 @@ from pipeline.instances.postprocess import (
     remove_small,
     select_thresholds,
 )
-from pipeline.instances.targets import instance_classes
+from pipeline.instances.targets import boundary_distance, instance_classes
 
 
 def _disks(shape=(40, 60), centres=((20, 20), (20, 37)), r=10.0) -> np.ndarray:
@@ -53,6 +53,12 @@ def test_distance_markers_split_a_binary_mask():
     probs = np.stack([true == 0, true > 0]).astype(np.float32)  # 2 classes: no border information
     ids = instances_from_probabilities(probs, markers="distance", min_distance=5, min_size=0)
     assert match(true, ids)["tp"][0] == 2
+    # seeds from a (predicted) distance map instead: one peak per object
+    dist = boundary_distance(true, normalise=True)
+    ids = instances_from_probabilities(probs, markers="distance", distance=dist, min_distance=5, min_size=0)
+    assert match(true, ids)["tp"][0] == 2
+    with pytest.raises(ValueError, match=r"distance must have the spatial shape \(40, 60\)"):
+        instances_from_probabilities(probs, markers="distance", distance=dist[:10])
     with pytest.raises(ValueError, match="markers='interior' needs 3 channels"):
         instances_from_probabilities(probs)
 
