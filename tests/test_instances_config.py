@@ -36,3 +36,26 @@ def test_draft_without_task_loads_and_task_settings_apply(tmp_path):
         foreground_threshold=pp["foreground_threshold"],
     )
     assert s["score"] == 1.0
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_layering_of_the_instance_modules():
+    root = DRAFT.parents[2]
+    # transforms import nothing from pipeline but errors and the registry (DESIGN.md, layers)
+    allowed = {"pipeline.errors", "pipeline.registry"}
+    assert {n for n in _imports(root / "transforms" / "instances.py") if n.startswith("pipeline")} <= allowed
+    # the library modules sit below the engines and never read the config
+    for path in [*(root / "pipeline" / "instances").glob("*.py"), root / "pipeline" / "data" / "synth" / "nuclei.py"]:
+        bad = {n for n in _imports(path) if n.startswith(("pipeline.engines", "pipeline.config", "pipeline.cli"))}
+        assert not bad, (path.name, bad)
