@@ -134,7 +134,10 @@ def run(shape: tuple[int, ...], n_val: int, n_test: int, noise: float, seed: int
         cells = "".join(f"{r[c]:9.3f}" for c, _ in COLUMNS)
         print(f"{key:12s}{cells}{100 * r['mean_abs_count_error']:12.1f}%{r['time']:8.3f}")
     for base in ("classical", "components"):
-        ratios = "  ".join(f"{label} {rows['ours'][c] / max(rows[base][c], 1e-9):.2f}x" for c, label in COLUMNS)
+        ratios = "  ".join(
+            f"{label} {rows['ours'][c] / rows[base][c]:.2f}x" if rows[base][c] > 1e-3 else f"{label} - (baseline 0)"
+            for c, label in COLUMNS
+        )
         print(f"ours / {base}: {ratios}")
 
 
