@@ -10,6 +10,7 @@ Modules (imported where used, so ``import pipeline.instances`` costs nothing):
   hole filling, small-object removal) and the choice of its thresholds on validation pairs.
 - :mod:`pipeline.instances.measure`: per-object measurements (``objects.csv``) and the label
   map's dtype.
+- :mod:`pipeline.instances.render`: objects in distinct colours or outlined over the image.
 
 Every function takes channel-less label maps ``H W [D]`` (0 = background, any positive ids,
 gaps allowed) as numpy arrays.
