@@ -1,6 +1,6 @@
 """Instances of dense touching nuclei: our watershed post-processing vs Otsu + watershed vs components.
 
-Data: :func:`pipeline.data.synth.nuclei.dense_nuclei`, 2D (256², ~250 nuclei each) and 3D
+Data: :func:`pipeline.data.synth.dense.dense_nuclei`, 2D (256², ~250 nuclei each) and 3D
 (64 x 64 x 48). Each method's settings are tuned on separate validation images by mean AP, then
 scored on test images (per image, averaged):
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.data.synth.nuclei import dense_nuclei
+from pipeline.data.synth.dense import dense_nuclei
 from pipeline.instances.metrics import instance_metrics, summarise
 from pipeline.instances.postprocess import (
     fill_small_holes,

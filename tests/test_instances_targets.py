@@ -114,3 +114,21 @@ def test_bad_settings_raise():
         InstanceTargetsd("instance")({"instance": torch.zeros(2, 4, 4)})
     with pytest.raises(ValueError, match=r"spacing must be 2 positive values"):
         boundary_distance(np.ones((3, 3), int), spacing=(1.0, 0.0))
+
+
+def test_dsb2018_case_loads_into_targets(tmp_path):
+    from pipeline.data.datalist import load_datalist
+    from pipeline.data.synth import make_dataset
+    from pipeline.instances.metrics import match
+    from pipeline.instances.postprocess import instances_from_classes
+    from transforms.dictionary import LoadCased
+
+    root = make_dataset("cell", tmp_path / "dsb", n=2, size=64, seed=0)
+    item = load_datalist({"format": "dsb2018", "root": str(root), "val_fraction": 0.5, "test_fraction": 0.0})["train"][
+        0
+    ]
+    data = InstanceTargetsd("instance")(LoadCased()(item))  # masks/*.png -> id map -> 3 classes in `label`
+    classes = data["label"][0].numpy().astype(int)
+    ids = data["instance"][0].numpy().astype(int)
+    assert set(np.unique(classes)) == {0, 1, 2} and ids.max() >= 2
+    assert match(ids, instances_from_classes(classes, min_size=0))["ap"][0] == 1.0

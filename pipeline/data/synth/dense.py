@@ -1,4 +1,4 @@
-"""``nuclei``: dense fluorescence nuclei in 2D or 3D, touching and overlapping, with instance ids.
+"""``dense``: dense fluorescence nuclei in 2D or 3D, touching and overlapping, with instance ids.
 
 Denser than :func:`pipeline.data.synth.cell.nuclei` (whose clumps are sparse) and N-D, for the
 instance benchmark and tests: most nuclei sit in clumps where neighbours touch or overlap by up
@@ -6,6 +6,10 @@ to ``overlap`` of their radii. Where shapes overlap, the fluorescence of both ad
 lens, as in widefield images of stacked nuclei) while each pixel's id goes to the nucleus whose
 boundary is relatively farther (a weighted Voronoi split, as annotators draw it), so the ids tile
 without overlap.
+
+The module is not called ``nuclei``: importing a submodule binds its name on the package, and
+``pipeline.data.synth`` already uses the name ``nuclei`` for :func:`pipeline.data.synth.cell.nuclei`
+(``make_dataset("cell")`` would then call a module).
 
 Example:
     >>> import numpy as np
