@@ -117,6 +117,8 @@ def test_bad_settings_raise():
 
 
 def test_dsb2018_case_loads_into_targets(tmp_path):
+    from _synthetic import data_cfg
+
     from pipeline.data.datalist import load_datalist
     from pipeline.data.synth import make_dataset
     from pipeline.instances.metrics import match
@@ -124,9 +126,7 @@ def test_dsb2018_case_loads_into_targets(tmp_path):
     from transforms.dictionary import LoadCased
 
     root = make_dataset("cell", tmp_path / "dsb", n=2, size=64, seed=0)
-    item = load_datalist({"format": "dsb2018", "root": str(root), "val_fraction": 0.5, "test_fraction": 0.0})["train"][
-        0
-    ]
+    item = load_datalist(data_cfg({"format": "dsb2018", "root": str(root), "val_fraction": 0.5}))["train"][0]
     data = InstanceTargetsd("instance")(LoadCased()(item))  # masks/*.png -> id map -> 3 classes in `label`
     classes = data["label"][0].numpy().astype(int)
     ids = data["instance"][0].numpy().astype(int)
