@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,30 @@ def shard(items: Sequence[Mapping[str, Any]], rank: int, world_size: int) -> lis
     return padded[rank::world_size]
 
 
+class _CacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` whose cache fill stops cleanly on a bad file.
+
+    MONAI fills the cache in a ``ThreadPool`` context whose exit calls ``terminate()``, which
+    does not wait for thread workers: a bad file raised in one thread, the interpreter exited
+    while others were still decoding in C++, and the process died with ``terminate called
+    without an active exception`` (exit 134) after printing the right message. Here one worker
+    loads in the calling thread, and several are joined before the error propagates.
+    """
+
+    def _fill_cache(self, indices=None) -> list:
+        if self.cache_num <= 0:
+            return []
+        indices = list(range(self.cache_num)) if indices is None else list(indices)
+        if self.num_workers <= 1:
+            return [self._load_cache_item(i) for i in indices]
+        pool = ThreadPool(self.num_workers)
+        try:
+            return list(pool.imap(self._load_cache_item, indices))
+        finally:
+            pool.terminate()  # drop queued items
+            pool.join()  # and wait for the running ones: no thread outlives the error
+
+
 def make_dataset(
     items: Sequence[Mapping[str, Any]],
     transform: Chain,
@@ -92,7 +117,7 @@ def make_dataset(
     """A MONAI dataset caching the deterministic prefix of ``transform`` as configured."""
     items = list(items)
     if train_cfg["cache"] == "memory":
-        return CacheDataset(
+        return _CacheDataset(
             items, transform, cache_rate=train_cfg["cache_rate"], num_workers=max(1, num_workers), progress=False
         )
     if train_cfg["cache"] == "disk":
