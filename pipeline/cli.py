@@ -87,7 +87,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         nargs="+",
-        choices=METRICS,
+        choices=list(METRICS),
         default=list(METRICS),
         metavar="M",
         help=f"metrics to compute, from {{{', '.join(METRICS)}}} (default: all)",

@@ -335,7 +335,6 @@ def evaluate_split(
     """
     from pipeline.data import load_datalist
     from pipeline.engines.evaluator import Evaluator, check_outputs
-    from pipeline.metrics import METRICS
 
     base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
     config = load_config(config_path, overrides, base=base)
@@ -345,7 +344,7 @@ def evaluate_split(
     check_outputs(output, overwrite)
     predictor = Predictor(checkpoint, config, device=device, tta=tta)
     classes = tuple(range(1, factory.num_classes(config)))
-    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=tuple(metrics or METRICS))
+    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=metrics)
     pred_dir = Path(output) / "predictions"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
