@@ -65,6 +65,7 @@ def _train() -> Section:
             "channels_last": Field(bool, False),
             "compile": Field(bool, False, help="torch.compile the training forward pass"),
             "tensorboard": Field(bool, True, help="write TensorBoard events when tensorboard is installed"),
+            "val_metric": Field(str, "dice", help="metric (pipeline.metrics name) whose mean picks best.pt"),
         }
     )
 

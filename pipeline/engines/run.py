@@ -29,7 +29,6 @@ import torch
 from pipeline.config import ConfigError, dump_config, load_config
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
-from pipeline.engines.inferer import autocast_dtype
 from pipeline.engines.trainer import Trainer
 from pipeline.errors import MedsegError
 
@@ -309,7 +308,7 @@ def _build_trainer(
         train_loader, val_loader = factory.build_loaders(
             config, splits, loss, run_dir, device, rank=dist.rank, world_size=dist.world_size
         )
-        infer = dict(config["infer"], roi_size=factory.roi_size(config))
+        factory.roi_size(config)  # a bad window size fails here, on every rank, before training
     except MedsegError as err:
         error = err
     _agree_on_failure(error, dist, device)
@@ -328,19 +327,7 @@ def _build_trainer(
         val_loader=val_loader,
         config=config,
         run_dir=run_dir,
-        num_classes=factory.num_classes(config),
         device=device,
-        epochs=config["train"]["epochs"],
-        val_every=config["train"]["val_every"],
-        patience=config["train"]["patience"],
-        time_budget=config["train"]["time_budget"],
-        iterations_per_epoch=config["train"]["iterations_per_epoch"],
-        grad_clip=config["train"]["grad_clip"],
-        amp_dtype=autocast_dtype(config["train"]["amp"], device),
-        infer=infer,
-        seed=config["seed"],
-        tensorboard=config["train"]["tensorboard"],
-        compile=config["train"]["compile"],
         rank=dist.rank,
         world_size=dist.world_size,
         progress=progress,
