@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 import warnings
 import weakref
 from collections import OrderedDict
@@ -444,7 +445,7 @@ def sliding_window_inference(
         torch.OutOfMemoryError: when even one window with one flip does not fit on the window device.
     """
     spatial_dims = inputs.ndim - 2
-    if roi_size is None or isinstance(roi_size, int):
+    if roi_size is None or isinstance(roi_size, numbers.Integral):
         roi_in: tuple = (roi_size,) * spatial_dims
     else:
         roi_in = tuple(roi_size)
@@ -452,8 +453,8 @@ def sliding_window_inference(
         raise ValueError(
             f"roi_size {roi_in} has {len(roi_in)} dims but inputs {tuple(inputs.shape)} have {spatial_dims}"
         )
-    if any(r is not None and (isinstance(r, bool) or not isinstance(r, int)) for r in roi_in):
-        raise TypeError(f"roi_size entries must be int or None, got {roi_size!r}")
+    if any(r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Integral)) for r in roi_in):
+        raise TypeError(f"roi_size entries must be integers or None, got {roi_size!r}")
     ov = (overlap,) * spatial_dims if isinstance(overlap, (int, float)) else tuple(overlap)
     if any(not 0 <= o < 1 for o in ov):
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
@@ -472,7 +473,7 @@ def sliding_window_inference(
     cache = cache if cache is not None else WindowCache()
 
     batch, _, *orig = x.shape
-    roi = tuple(s if r is None or r <= 0 else r for r, s in zip(roi_in, orig, strict=True))
+    roi = tuple(s if r is None or r <= 0 else int(r) for r, s in zip(roi_in, orig, strict=True))
     pad: list[int] = []
     for r, s in zip(reversed(roi), reversed(orig), strict=True):
         diff = max(r - s, 0)
@@ -495,7 +496,9 @@ def sliding_window_inference(
         del outputs
 
     def inv_count(where: torch.device) -> torch.Tensor:
-        return plan.inv_count if where == sw_device else cache.plan(size, roi, ov, mode, sig, where).inv_count
+        if where == plan.inv_count.device:  # a tensor's device has its index ("cuda:0"), sw_device may not
+            return plan.inv_count
+        return cache.plan(size, roi, ov, mode, sig, where).inv_count
 
     return stitcher.finish(inv_count, pad)
 
@@ -631,8 +634,9 @@ class Stitcher:
                 for (b, sl), p in zip(chunk, pred, strict=False):
                     out[(b, slice(None), *sl)].addcmul_(p, self.weight)
             elif pred.device.type == "cuda" and out.device.type == "cpu":
-                host = self._host.setdefault(key, _HostStitcher(out))
-                host.push(list(chunk), pred[: len(chunk)] * self.weight)
+                if key not in self._host:
+                    self._host[key] = _HostStitcher(out)
+                self._host[key].push(list(chunk), pred[: len(chunk)] * self.weight)
             else:
                 moved = (pred[: len(chunk)] * self.weight).to(out.device)
                 for (b, sl), p in zip(chunk, moved, strict=True):
