@@ -245,12 +245,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 sets.append(f"train.{key}={value}")
         summary = run_training(args.config, sets, resume=args.resume, overwrite=args.overwrite)
         if summary["rank"] == 0:
-            best = (
-                "n/a" if summary["best_dice"] is None else f"{summary['best_dice']:.4f} (epoch {summary['best_epoch']})"
-            )
+            value = summary["best_metric"]
+            best = "n/a" if value is None else f"{value:.4f} (epoch {summary['best_epoch']})"
+            name = "Dice" if summary["val_metric"] == "dice" else summary["val_metric"]
             print(
                 f"trained {summary['epochs']} epochs in {summary['minutes']:.1f} min ({summary['stop_reason']}); "
-                f"best validation Dice {best}; run folder {summary['run_dir']}"
+                f"best validation {name} {best}; run folder {summary['run_dir']}"
             )
         return 0
 

@@ -239,3 +239,17 @@ def test_best_checkpoint_follows_the_val_metric_direction(tmp_path, metric, expe
     assert state.best_metric == (max(values) if metric != "hd95" else min(values))
     assert all(f"val_{metric}_1" in r for r in state.history)
     assert (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_train_with_another_val_metric(tmp_path, capsys):
+    from _synthetic import tiny_config, write_config, write_folders
+
+    from pipeline.cli import main
+
+    root = write_folders(tmp_path / "data", n=4, size=32)
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(root, tmp_path / "run", train={"epochs": 1}))
+    assert main(["train", "-c", cfg, "--set", "train.val_metric=hd95"]) == 0
+    assert "best validation hd95 " in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert float(rows[0]["val_hd95"]) >= 0 and "val_dice" not in rows[0]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["train_state"]["best_epoch"] == 1

@@ -233,7 +233,8 @@ def run_training(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train as configured; returns a summary (run folder, epochs, best Dice, stop reason).
+    """Train as configured; returns a summary (run folder, epochs, best ``train.val_metric`` value
+    as ``best_metric``, and as ``best_dice`` when that metric is Dice, stop reason).
 
     Raises:
         ConfigError / DataError / MedsegError: bad settings, data or run folder (one line each).
@@ -271,7 +272,9 @@ def run_training(
     return {
         "run_dir": str(run_dir),
         "epochs": state.epoch,
-        "best_dice": state.best_metric if state.best_epoch >= 0 else None,
+        "val_metric": trainer.val_metric,
+        "best_metric": state.best_metric if state.best_epoch >= 0 else None,
+        "best_dice": state.best_metric if state.best_epoch >= 0 and trainer.val_metric == "dice" else None,
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         "stop_reason": trainer.stop_reason or "finished",
         "minutes": state.elapsed / 60,
