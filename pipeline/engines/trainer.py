@@ -110,15 +110,18 @@ class Trainer:
     10 steps), batches arrive as plain tensors (a ``MetaTensor`` would put metadata tracking on
     every network op) and are copied without blocking from the loader's pinned memory.
 
-    Example:
-        Override one hook to change one step, e.g. log the gradient norm of every step::
+    ``train.compile`` compiles the training forward only: weights, checkpoints and validation
+    use the network itself, so checkpoint keys do not change.
 
-            class GradNormTrainer(Trainer):
-                def train_step(self, batch):
-                    loss = super().train_step(batch)
-                    norms = [p.grad.norm() for p in self.network.parameters() if p.grad is not None]
-                    self.grad_norms.append(torch.stack(norms).norm())  # stays on the device
-                    return loss
+    Example:
+        Override one hook to change one step, e.g. one more ``log.csv`` column per epoch::
+
+            class MemoryLoggingTrainer(Trainer):
+                def on_epoch_end(self, epoch, record):
+                    record["peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    super().on_epoch_end(epoch, record)  # checkpoints, log.csv, curves
+
+            MemoryLoggingTrainer(network=..., loss=..., ..., config=config, run_dir=run, device=device).fit()
     """
 
     def __init__(
