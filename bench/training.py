@@ -56,6 +56,7 @@ from monai.transforms import (
 from torch.utils.data import RandomSampler
 
 import pipeline.losses  # noqa: F401  (registers the losses)
+from pipeline.config import load_config
 from pipeline.engines import factory
 from pipeline.engines.trainer import Trainer
 from pipeline.registry import LOSSES
@@ -184,16 +185,21 @@ class OurLoop:
             scheduler=None,
             train_loader=loader,
             val_loader=None,
-            config={},
+            config=load_config(
+                base={
+                    "network": {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2},
+                    "train": {
+                        "epochs": 1,
+                        "grad_clip": 12.0,
+                        "amp": "bf16" if "bf16" in tokens else "off",
+                        "tensorboard": False,
+                        "compile": "compile" in tokens,
+                    },
+                }
+            ),
             run_dir=run_dir,
-            num_classes=2,
             device=device,
-            epochs=1,
-            grad_clip=12.0,
-            amp_dtype=torch.bfloat16 if "bf16" in tokens else None,
-            tensorboard=False,
             progress=False,
-            compile="compile" in tokens,
         )
         self.trainer.network.train()
         self.losses: list[torch.Tensor] = []

@@ -81,13 +81,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="with --checkpoint: auto, cpu, cuda, cuda:N")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="with --checkpoint: flip TTA")
     p.add_argument("--save-predictions", action="store_true", help="with --checkpoint: write OUTPUT/predictions/")
-    p.add_argument("--fov", metavar="DIR", help="folder of field-of-view masks (e.g. DRIVE); outside = ignored")
+    p.add_argument(
+        "--fov",
+        metavar="DIR",
+        help="with --pred/--label: folder of field-of-view masks (e.g. DRIVE); outside = ignored",
+    )
     p.add_argument("--classes", nargs="+", type=_positive_int, metavar="C", help="classes to evaluate (default: all)")
     p.add_argument("--nsd-tolerance", type=_non_negative_float, default=1.0, metavar="MM", help="NSD tolerance (mm)")
     p.add_argument(
         "--metrics",
         nargs="+",
-        choices=METRICS,
+        choices=list(METRICS),
         default=list(METRICS),
         metavar="M",
         help=f"metrics to compute, from {{{', '.join(METRICS)}}} (default: all)",
@@ -104,6 +108,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         if args.checkpoint:
             if args.pred or args.label:
                 p.error("give either --checkpoint (inference first) or --pred and --label, not both")
+            folder_only = [flag for flag, value in (("--fov", args.fov), ("--case-regex", args.case_regex)) if value]
+            if folder_only:
+                raise MedsegError(
+                    f"{' and '.join(folder_only)}: only with --pred/--label folders; with --checkpoint the cases and "
+                    "their FOV masks come from the config's data section"
+                )
             from pipeline.engines.predictor import evaluate_split
 
             evaluator = evaluate_split(
@@ -118,6 +128,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 overwrite=args.overwrite,
                 metrics=args.metrics,
                 nsd_tolerance=args.nsd_tolerance,
+                classes=args.classes,
                 progress=sys.stderr.isatty(),
             )
         elif not (args.pred and args.label):
@@ -234,12 +245,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 sets.append(f"train.{key}={value}")
         summary = run_training(args.config, sets, resume=args.resume, overwrite=args.overwrite)
         if summary["rank"] == 0:
-            best = (
-                "n/a" if summary["best_dice"] is None else f"{summary['best_dice']:.4f} (epoch {summary['best_epoch']})"
-            )
+            value = summary["best_metric"]
+            best = "n/a" if value is None else f"{value:.4f} (epoch {summary['best_epoch']})"
+            name = "Dice" if summary["val_metric"] == "dice" else summary["val_metric"]
             print(
                 f"trained {summary['epochs']} epochs in {summary['minutes']:.1f} min ({summary['stop_reason']}); "
-                f"best validation Dice {best}; run folder {summary['run_dir']}"
+                f"best validation {name} {best}; run folder {summary['run_dir']}"
             )
         return 0
 

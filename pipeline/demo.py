@@ -202,10 +202,9 @@ def _label_slice(path: str | os.PathLike) -> np.ndarray:
 
 def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_dir: Path, limit: int = 4) -> list[Path]:
     """Image / truth / prediction side by side for up to ``limit`` test cases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API, not pyplot: the caller's backend (a notebook's) stays as it is
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from pipeline.engines.predictor import output_name
 
@@ -221,7 +220,9 @@ def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_d
             label_arr = _label_slice(label)
         image = _display_slice(source)
         pred = _label_slice(pred_path) if pred_path.exists() else None
-        fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 3)
         lo, hi = np.percentile(image, [1, 99])
         shown = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
         for ax, (title, mask) in zip(axes, (("image", None), ("truth", label_arr), ("prediction", pred)), strict=True):
@@ -233,7 +234,6 @@ def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_d
         fig.tight_layout()
         target = out_dir / f"{Path(output_name(source)).name.split('.')[0]}.png"
         fig.savefig(target, dpi=80)
-        plt.close(fig)
         written.append(target)
     return written
 

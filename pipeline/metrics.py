@@ -4,8 +4,8 @@ All metrics compare two class-index maps ``H W [D]`` (no channel axis) one class
 masks' joint bounding box (so a small structure in a large volume costs little), with distances in
 mm from the voxel spacing. Where MONAI defines a value we return the same number (tested against
 ``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``, ``SurfaceDistanceMetric(symmetric=True)``
-and ``SurfaceDiceMetric``); we do not call MONAI itself because it returns NaN for empty masks and
-re-crops and converts to torch per call (4-9x slower, ``bench/metrics.py``), and because
+and ``SurfaceDiceMetric``); we do not call MONAI itself because a missed structure gets NaN (HD95) or
+inf (HD, ASSD) there, and it re-crops and converts to torch per call (4-9x slower, ``bench/metrics.py``), and because
 evaluation should not need torch.
 
 Conventions (never NaN, so a mean over cases counts every case):
@@ -21,15 +21,20 @@ status              Dice  HD95  ASSD  NSD   IoU, precision, recall, clDice
 ``missed``: the class is in the label but not in the prediction; ``hallucinated``: the reverse.
 ``diag`` is the image diagonal in mm, ``sqrt(sum((n_i * spacing_i) ** 2))``, larger than any
 distance a prediction can reach, so a missed structure scores worst rather than being dropped
-(MONAI gives NaN there, which its mean then skips). Both-empty cases enter the means with the values
-above; the evaluator counts each status separately. With both masks non-empty a ratio whose
-denominator is 0 cannot occur, except clDice's when a skeleton is empty (then that term is 0).
+(MONAI gives NaN for HD95 there, which its mean then skips, and inf for HD and ASSD). Both-empty
+cases enter the means with the values above; the evaluator counts each status separately. With both
+masks non-empty a ratio whose denominator is 0 cannot occur, except clDice's when a skeleton is
+empty (then that term is 0).
 
 Surfaces and distances follow MONAI's ``get_mask_edges`` / ``get_surface_distance``
 (see :mod:`pipeline._metrics_surface`): HD95 is the larger of the two directed 95th percentiles,
 ASSD the mean of both directions' distances pooled, NSD the fraction of both surfaces within the
 tolerance. clDice (Shit et al., CVPR 2021) uses ``skimage.morphology.skeletonize`` (Zhang in 2D,
 Lee in 3D); skeletons ignore the spacing.
+
+Each metric is a :class:`Metric` in the :data:`METRICS` registry, which carries its direction
+(higher is better or not) and its values for the three empty cases; adding one is one
+:func:`register_metric` call.
 
 A field-of-view mask restricts everything to the FOV: both maps are set to background outside it
 before any metric (DRIVE's protocol counts only FOV pixels). ``diag`` stays the whole image's.
@@ -38,49 +43,150 @@ before any metric (DRIVE's protocol counts only FOV pixels). ``diag`` stays the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+from pipeline.registry import METRIC_REGISTRY
 
 # scipy (and pipeline._metrics_surface, which needs it) is imported where used: the CLI parser
 # imports this module for METRICS, and every `medseg` call should not pay for scipy
 
-METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd", "nsd", "cldice")
-"""Every metric name, in output column order."""
-
-OVERLAP_METRICS = ("dice", "iou", "precision", "recall")
-SURFACE_METRICS = ("hd95", "assd", "nsd")
-LOWER_IS_BETTER = ("hd95", "assd")
+__all__ = [
+    "METRICS",
+    "METRIC_REGISTRY",
+    "Metric",
+    "ClassPair",
+    "DIAGONAL",
+    "register_metric",
+    "check_metrics",
+    "empty_result",
+    "evaluate_case",
+    "overlap_metrics",
+    "cldice",
+    "image_diagonal",
+    "STATUSES",
+]
 
 OK, BOTH_EMPTY, MISSED, HALLUCINATED = "ok", "both_empty", "missed", "hallucinated"
 STATUSES = (OK, BOTH_EMPTY, MISSED, HALLUCINATED)
 """Per class: both present, neither present, prediction empty, label empty."""
 
+DIAGONAL = "diagonal"
+"""An empty-case value meaning "the image diagonal in mm" (worst distance a case can have)."""
+
+
+class ClassPair:
+    """One class of one case: the two boolean masks (cropped to their joint box) and what metrics
+    share, computed once on first use (overlap counts, surface distances).
+
+    Attributes:
+        pred / label: boolean masks ``H W [D]``, both non-empty.
+        spacing: voxel size in mm per axis.
+        nsd_tolerance: NSD tolerance in mm.
+    """
+
+    def __init__(self, pred: np.ndarray, label: np.ndarray, spacing: Sequence[float], nsd_tolerance: float) -> None:
+        self.pred, self.label, self.spacing, self.nsd_tolerance = pred, label, tuple(spacing), nsd_tolerance
+
+    @cached_property
+    def overlap(self) -> dict[str, float]:
+        """Dice, IoU, precision and recall (:func:`overlap_metrics`)."""
+        return overlap_metrics(self.pred, self.label)
+
+    @cached_property
+    def distances(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pred_to_label, label_to_pred)`` surface distances in mm."""
+        from pipeline._metrics_surface import surface_distances
+
+        return surface_distances(self.pred, self.label, self.spacing)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: how to compute it and what it is worth on empty cases.
+
+    Args:
+        name: the column name.
+        compute: ``ClassPair -> float`` for a class present in both masks.
+        higher_is_better: the direction (picks ``best.pt`` under ``train.val_metric``).
+        both_empty / missed / hallucinated: the value when the class is in neither mask / only the
+            label / only the prediction; a number or :data:`DIAGONAL`.
+        digits: decimals shown in the evaluation table.
+    """
+
+    name: str
+    compute: Callable[[ClassPair], float]
+    higher_is_better: bool = True
+    both_empty: float | str = 1.0
+    missed: float | str = 0.0
+    hallucinated: float | str = 0.0
+    digits: int = 4
+
+    def empty_value(self, status: str, diagonal: float = math.inf) -> float:
+        """The value for a class that is absent from the prediction and/or the label."""
+        values = {BOTH_EMPTY: self.both_empty, MISSED: self.missed, HALLUCINATED: self.hallucinated}
+        if status not in values:
+            raise ValueError(f"status must be one of {STATUSES[1:]}, got {status!r}")
+        value = values[status]
+        return diagonal if value == DIAGONAL else float(value)
+
+
+METRICS = METRIC_REGISTRY
+"""Every metric (a :class:`~pipeline.registry.Registry` of :class:`Metric`), in output column order:
+iterate it for the names, ``METRICS.get(name)`` for the entry."""
+
+
+def register_metric(name: str, **settings) -> Callable[[Callable[[ClassPair], float]], Callable[[ClassPair], float]]:
+    """Register ``fn(pair: ClassPair) -> float`` as metric ``name`` (``settings``: see :class:`Metric`).
+
+    A new metric is this one registration (in this module or one it imports)::
+
+        @register_metric("volume_ratio", higher_is_better=False, both_empty=1.0, missed=0.0,
+                         hallucinated=math.inf)
+        def _volume_ratio(pair: ClassPair) -> float:
+            return float(pair.pred.sum() / pair.label.sum())
+
+    Example:
+        >>> METRICS.get("hd95").higher_is_better, METRICS.get("hd95").empty_value("missed", 42.0)
+        (False, 42.0)
+        >>> list(METRICS)[:4]
+        ['dice', 'iou', 'precision', 'recall']
+    """
+
+    def add(fn: Callable[[ClassPair], float]) -> Callable[[ClassPair], float]:
+        METRIC_REGISTRY.register(name, Metric(name, fn, **settings))
+        return fn
+
+    return add
+
 
 def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     """Validate metric names; returns them in :data:`METRICS` order, without duplicates."""
     metrics = tuple(metrics)
+    names = METRICS.names()
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
-    return tuple(m for m in METRICS if m in metrics)
+        raise ValueError(f"metrics must be a non-empty subset of {tuple(names)}, got {metrics!r}")
+    return tuple(m for m in names if m in metrics)
 
 
-def empty_result(status: str, metrics: Sequence[str] = METRICS, diagonal: float = math.inf) -> dict[str, float | str]:
+def empty_result(
+    status: str, metrics: Sequence[str] | None = None, diagonal: float = math.inf
+) -> dict[str, float | str]:
     """The fixed values of a class that is absent from the prediction and/or the label (see the table).
 
     Args:
         status: ``both_empty``, ``missed`` or ``hallucinated``.
-        metrics: which metric values to return.
+        metrics: which metric values to return (default: all).
         diagonal: the image diagonal in mm (the distance given to a missed/hallucinated structure).
     """
-    if status == BOTH_EMPTY:
-        values = {m: 0.0 if m in LOWER_IS_BETTER else 1.0 for m in METRICS}
-    elif status in (MISSED, HALLUCINATED):
-        values = {m: diagonal if m in LOWER_IS_BETTER else 0.0 for m in METRICS}
-    else:
+    if status not in STATUSES[1:]:
         raise ValueError(f"status must be one of {STATUSES[1:]}, got {status!r}")
-    return {**{m: values[m] for m in metrics}, "status": status}
+    names = METRICS.names() if metrics is None else metrics
+    return {**{m: METRICS.get(m).empty_value(status, diagonal) for m in names}, "status": status}
 
 
 def overlap_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -173,7 +279,7 @@ def evaluate_case(
     fov=None,
     *,
     nsd_tolerance: float = 1.0,
-    metrics: Iterable[str] = METRICS,
+    metrics: Iterable[str] | None = None,
 ) -> dict[int, dict[str, float | str]]:
     """Compare a predicted class-index map with the reference, per class.
 
@@ -185,8 +291,8 @@ def evaluate_case(
         classes: the classes to report (>= 1). None: every non-zero class in ``pred`` or ``label``.
         fov: optional boolean field-of-view mask ``H W [D]``; outside it both maps count as background.
         nsd_tolerance: NSD tolerance in mm.
-        metrics: a subset of :data:`METRICS`; leaving out ``cldice`` (and the surface metrics)
-            makes large 3D cases much cheaper.
+        metrics: names from :data:`METRICS` (default: all); leaving out ``cldice`` (and the surface
+            metrics) makes large 3D cases much cheaper.
 
     Returns:
         ``{class: {metric: float, ..., "status": str}}``, classes ascending; ``status`` is one of
@@ -202,7 +308,7 @@ def evaluate_case(
         >>> evaluate_case(pred, label, spacing=(1.0, 1.0), metrics=("dice", "recall"))[1]
         {'dice': 0.6666666666666666, 'recall': 0.5, 'status': 'ok'}
     """
-    metrics = check_metrics(metrics)
+    metrics = check_metrics(METRICS.names() if metrics is None else metrics)
     pred, label = _label_array(pred, "pred"), _label_array(label, "label")
     if pred.shape != label.shape:
         raise ValueError(f"pred shape {pred.shape} != label shape {label.shape}; both must be class indices H W [D]")
@@ -245,26 +351,45 @@ def _evaluate_class(
     nsd_tolerance: float,
     metrics: tuple[str, ...],
 ) -> dict[str, float | str]:
-    from pipeline._metrics_surface import (
-        average_symmetric_surface_distance,
-        hd_percentile,
-        normalized_surface_dice,
-        surface_distances,
-    )
-
     if box is None:
         return empty_result(BOTH_EMPTY, metrics)
     p, lab = pred[box] == c, label[box] == c
     if not p.any() or not lab.any():
         return empty_result(MISSED if lab.any() else HALLUCINATED, metrics, diagonal)
-    out: dict[str, float | str] = {}
-    if any(m in OVERLAP_METRICS for m in metrics):
-        out.update(overlap_metrics(p, lab))
-    if any(m in SURFACE_METRICS for m in metrics):
-        d_pl, d_lp = surface_distances(p, lab, spacing)
-        out["hd95"] = hd_percentile(d_pl, d_lp, 95.0)
-        out["assd"] = average_symmetric_surface_distance(d_pl, d_lp)
-        out["nsd"] = normalized_surface_dice(d_pl, d_lp, nsd_tolerance)
-    if "cldice" in metrics:
-        out["cldice"] = cldice(p, lab)
-    return {**{m: out[m] for m in metrics}, "status": OK}
+    pair = ClassPair(p, lab, spacing, nsd_tolerance)
+    return {**{m: float(METRICS.get(m).compute(pair)) for m in metrics}, "status": OK}
+
+
+# The built-in metrics, in output column order. A new metric is one more registration (here or
+# in its own module imported by this one); the evaluator, the CLI and train.val_metric see it.
+
+register_metric("dice")(lambda pair: pair.overlap["dice"])
+register_metric("iou")(lambda pair: pair.overlap["iou"])
+register_metric("precision")(lambda pair: pair.overlap["precision"])
+register_metric("recall")(lambda pair: pair.overlap["recall"])
+
+_DISTANCE = {"higher_is_better": False, "both_empty": 0.0, "missed": DIAGONAL, "hallucinated": DIAGONAL, "digits": 2}
+
+
+@register_metric("hd95", **_DISTANCE)
+def _hd95(pair: ClassPair) -> float:
+    from pipeline._metrics_surface import hd_percentile
+
+    return hd_percentile(*pair.distances, 95.0)
+
+
+@register_metric("assd", **_DISTANCE)
+def _assd(pair: ClassPair) -> float:
+    from pipeline._metrics_surface import average_symmetric_surface_distance
+
+    return average_symmetric_surface_distance(*pair.distances)
+
+
+@register_metric("nsd")
+def _nsd(pair: ClassPair) -> float:
+    from pipeline._metrics_surface import normalized_surface_dice
+
+    return normalized_surface_dice(*pair.distances, pair.nsd_tolerance)
+
+
+register_metric("cldice")(lambda pair: cldice(pair.pred, pair.label))

@@ -22,7 +22,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "BATCH_INPUTS", "SYNTH_KINDS", "DEMOS"]
+__all__ = [
+    "Registry",
+    "NETWORKS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "METRIC_REGISTRY",
+    "BATCH_INPUTS",
+    "SYNTH_KINDS",
+    "DEMOS",
+]
 
 
 class Registry:
@@ -30,10 +40,13 @@ class Registry:
 
     Args:
         kind: what the registry holds, used in error messages ("network", "loss").
+        ordered: list names in registration order instead of sorted (for kinds whose order is
+            meaningful, e.g. the metric columns of an evaluation table).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, ordered: bool = False) -> None:
         self.kind = kind
+        self.ordered = ordered
         self._items: dict[str, Any] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -75,8 +88,8 @@ class Registry:
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
-        """All registered names, sorted."""
-        return sorted(self._items)
+        """All registered names, sorted (in registration order for an ``ordered`` registry)."""
+        return list(self._items) if self.ordered else sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -95,6 +108,8 @@ NETWORKS = Registry("network")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+METRIC_REGISTRY = Registry("metric", ordered=True)
+"""Evaluation metrics (:class:`pipeline.metrics.Metric` entries), in output column order."""
 BATCH_INPUTS = Registry("batch input")
 """Extra batch entries a loss can declare in ``extra_inputs`` (``"dist"``): name → a factory
 ``(settings: transforms.chains.ChainSettings) -> MapTransform`` that computes the entry."""

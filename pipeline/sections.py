@@ -16,6 +16,7 @@ import pipeline.engines.optim  # noqa: F401  (registers the optimisers and sched
 import pipeline.losses  # noqa: F401  (registers the losses)
 import pipeline.networks  # noqa: F401  (registers the networks)
 from pipeline.data.schema import data_schema, transforms_schema
+from pipeline.metrics import METRICS
 from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS, Registry
 from pipeline.schema import Component, Field, Section
 
@@ -60,6 +61,9 @@ def _train() -> Section:
             "channels_last": Field(bool, False),
             "compile": Field(bool, False, help="torch.compile the training forward pass"),
             "tensorboard": Field(bool, True, help="write TensorBoard events when tensorboard is installed"),
+            "val_metric": Field(
+                str, "dice", choices=METRICS.names, help="metric (`medseg evaluate` column) whose mean picks best.pt"
+            ),
         }
     )
 

@@ -145,6 +145,121 @@ def test_autocast_dtype_choices():
         autocast_dtype("fp8", cpu)
 
 
+# ---- drop-in claims versus MONAI ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("roi", [(None, 16), (0, 16), (-1, 16)])
+def test_roi_entries_none_or_non_positive_mean_the_whole_axis(net2d, roi):
+    x = torch.randn(1, 2, 24, 40, generator=torch.Generator().manual_seed(30))
+    with torch.no_grad():
+        ref = monai_sliding_window(x, roi, 2, net2d, overlap=0.5, mode="gaussian")
+        ours = sliding_window_inference(x, roi, 2, net2d, overlap=0.5, mode="gaussian")
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cval_with_non_constant_padding_is_an_error(net2d):
+    with pytest.raises(
+        ValueError, match=r"cval applies to padding_mode='constant' only; got cval=1\.0 with 'replicate'"
+    ):
+        sliding_window_inference(torch.zeros(1, 2, 8, 8), (16, 16), 1, net2d, padding_mode="replicate", cval=1.0)
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        out = self.net(x)
+        return {"seg": out, "edge": out[:, :1] * 2}
+
+
+def test_dict_outputs_are_blended_per_key_like_monai(net2d):
+    x = torch.randn(1, 2, 30, 37, generator=torch.Generator().manual_seed(31))
+    net = _TwoHeads(net2d)
+    with torch.no_grad():
+        ref = monai_sliding_window(x, (16, 16), 3, net, overlap=0.5, mode="gaussian")
+        ours = sliding_window_inference(x, (16, 16), 3, net, overlap=0.5, mode="gaussian", flips=[()])
+    assert isinstance(ours, dict) and sorted(ours) == ["edge", "seg"]
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="returns a dict with keys"):
+        predict(net, x, roi_size=(16, 16))
+
+
+def test_flip_tta_never_exceeds_sw_batch_size(net3d):
+    """8 flips per window in 3D at sw_batch_size=2: the flips are split over passes of 2 inputs."""
+    x = torch.randn(1, 1, 20, 18, 17, generator=torch.Generator().manual_seed(32))
+    rec = _Recorder(net3d)
+    flips = flip_sets(3)
+    with torch.no_grad():
+        ours = sliding_window_inference(x, (16, 16, 16), 2, rec, overlap=0.5, mode="gaussian", flips=flips)
+        ref = sliding_window_inference(x, (16, 16, 16), 16, net3d, overlap=0.5, mode="gaussian", flips=flips)
+        padded = _Recorder(net3d)
+        three = sliding_window_inference(
+            x, (16, 16, 16), 3, padded, overlap=0.5, mode="gaussian", flips=flips, pad_batches=True
+        )
+    assert max(rec.sizes) == 2 and sum(rec.sizes) == 8 * 8  # 8 windows × 8 flips
+    assert set(padded.sizes) == {3}  # groups of 3, 3, 2 (+1 repeat) per window
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(three, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_out_of_memory_splits_the_flips_of_one_window(net2d):
+    x = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(33))
+    rec = _Recorder(net2d, fail_above=1)
+    with torch.no_grad(), pytest.warns(UserWarning, match="retrying with 2 inputs"):
+        ours = sliding_window_inference(x, (16, 16), 4, rec, flips=flip_sets(2))
+        ref = sliding_window_inference(x, (16, 16), 4, net2d, flips=flip_sets(2))
+    assert rec.sizes == [1, 1, 1, 1]
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+
+
+# ---- no global side effects --------------------------------------------------------------------
+
+
+def test_predict_leaves_cudnn_benchmark_as_set(net2d):
+    before = torch.backends.cudnn.benchmark
+    try:
+        for flag in (False, True):
+            torch.backends.cudnn.benchmark = flag
+            predict(net2d, torch.zeros(1, 2, 20, 20), roi_size=(16, 16), device="cpu")
+            assert torch.backends.cudnn.benchmark is flag
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_window_plans_are_cached_by_their_owner_and_bounded(net2d):
+    assert not hasattr(inferer, "_weights")  # no process-wide cache of whole-image maps
+    cache = inferer.WindowCache(maxsize=2)
+    x = torch.zeros(1, 2, 20, 20)
+    with torch.no_grad():
+        for size in (20, 24, 28, 28):
+            predict(net2d, torch.zeros(1, 2, size, size), roi_size=(16, 16), cache=cache)
+    assert len(cache) == 2
+    first = cache.plan((28, 28), (16, 16), (0.5, 0.5), "gaussian", (0.125, 0.125), torch.device("cpu"))
+    again = cache.plan((28, 28), (16, 16), (0.5, 0.5), "gaussian", (0.125, 0.125), torch.device("cpu"))
+    assert first is again
+    cache.clear()
+    assert len(cache) == 0
+    predict(net2d, x, roi_size=(16, 16))  # without a cache: nothing is kept anywhere
+    with pytest.raises(ValueError, match="maxsize must be >= 0, got -1"):
+        inferer.WindowCache(-1)
+
+
+def test_plan_run_stitch_compose_to_sliding_window_inference(net2d):
+    x = torch.randn(1, 2, 30, 30, generator=torch.Generator().manual_seed(34))
+    with torch.no_grad():
+        plan = inferer.plan_windows((30, 30), (16, 16), (0.5, 0.5), "gaussian")
+        jobs = [(0, sl) for sl in plan.slices]
+        stitcher = inferer.Stitcher((1, 30, 30), plan.importance[0], torch.device("cpu"))
+        for chunk, outputs in inferer.run_windows(x, jobs, (16, 16), net2d, 4):
+            stitcher.add(chunk, outputs)
+        out = stitcher.finish(lambda device: plan.inv_count, [0, 0, 0, 0])
+        ref = sliding_window_inference(x, (16, 16), 4, net2d, overlap=0.5, mode="gaussian")
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
 class _Loud(torch.nn.Module):
     """Logits of 1e5: finite in fp32 and bf16, inf in fp16 (largest finite value 65504)."""
 

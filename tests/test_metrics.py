@@ -231,3 +231,38 @@ def test_bad_arguments(kwargs, error, match):
     args = {"pred": np.zeros((4, 4), np.uint8), "label": np.zeros((4, 4), np.uint8), **kwargs}
     with pytest.raises(error, match=match):
         evaluate_case(**args)
+
+
+# ---- the registry -----------------------------------------------------------------------------
+
+
+def test_metric_registry_carries_direction_and_empty_values():
+    assert list(METRICS) == ["dice", "iou", "precision", "recall", "hd95", "assd", "nsd", "cldice"]
+    assert {m for m in METRICS if not METRICS.get(m).higher_is_better} == {"hd95", "assd"}
+    assert METRICS.get("hd95").empty_value("missed", 7.5) == 7.5
+    assert METRICS.get("hd95").empty_value("both_empty", 7.5) == 0.0
+    assert METRICS.get("dice").empty_value("hallucinated", 7.5) == 0.0
+    with pytest.raises(ValueError, match="unknown metric 'dcie'. Did you mean 'dice'"):
+        METRICS.get("dcie")
+
+
+def test_a_new_metric_is_one_registration(monkeypatch):
+    """Registering is all it takes: evaluate_case and the Evaluator table report it, with its own
+    direction and empty-case values."""
+    from pipeline.engines.evaluator import Evaluator
+    from pipeline.metrics import register_metric
+
+    monkeypatch.setattr(METRICS, "_items", dict(METRICS._items))  # the registration ends with the test
+
+    @register_metric("volume_ratio", higher_is_better=False, both_empty=1.0, missed=0.0, hallucinated=99.0)
+    def _ratio(pair):
+        return float(pair.pred.sum() / pair.label.sum())
+
+    label = square((8, 8), 2, 6, 2, 6)
+    pred = square((8, 8), 2, 6, 2, 4)
+    assert evaluate_case(pred, label, metrics=("dice", "volume_ratio"))[1]["volume_ratio"] == 0.5
+    assert evaluate_case(pred * 0, label, metrics=["volume_ratio"])[1]["volume_ratio"] == 0.0
+    ev = Evaluator([1, 2], metrics=("volume_ratio",))
+    ev.add("a", pred, label)
+    assert "volume_ratio↓" in ev.table()
+    assert ev.summary()["per_class"]["2"]["volume_ratio"]["mean"] == 1.0  # both empty

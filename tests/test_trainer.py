@@ -94,3 +94,162 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(other)
     with pytest.raises(MedsegError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+# ---- the trainer reads its settings from the config ------------------------------------------
+
+
+def _config(**train):
+    from pipeline.config import load_config
+
+    network = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16]}
+    train = {"epochs": 1, "tensorboard": False, **train}
+    return load_config(base={"network": network, "train": train, "infer": {"roi_size": [16, 16], "sw_batch_size": 2}})
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts the class map ``pred`` (one-hot logits), whatever the input; one dummy weight."""
+
+    def __init__(self, pred: torch.Tensor) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.pred = pred
+
+    def forward(self, x):
+        onehot = torch.nn.functional.one_hot(self.pred, 2).permute(2, 0, 1).float()[None] * 10
+        return onehot.expand(x.shape[0], -1, -1, -1) + self.w
+
+
+class _DeclaresDist(torch.nn.Module):
+    extra_inputs = ("dist",)
+
+    def forward(self, pred, label, dist):
+        return pred.mean() + dist.mean()
+
+
+def _make_trainer(tmp_path, network=None, loss=None, val_loader=None, **train):
+    from pipeline.engines.trainer import Trainer
+
+    network = network or torch.nn.Conv2d(1, 2, 1)
+    return Trainer(
+        network=network,
+        loss=loss or torch.nn.Module(),
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        scheduler=None,
+        train_loader=[],
+        val_loader=val_loader,
+        config=_config(**train),
+        run_dir=tmp_path,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+
+
+def test_trainer_settings_come_from_the_config(tmp_path):
+    trainer = _make_trainer(tmp_path, epochs=7, patience=3, val_every=2, grad_clip=None, amp="bf16")
+    assert (trainer.epochs, trainer.patience, trainer.val_every, trainer.grad_clip) == (7, 3, 2, None)
+    assert trainer.amp_dtype is torch.bfloat16 and trainer.scaler is None and trainer.num_classes == 2
+    assert trainer.infer["roi_size"] == [16, 16] and trainer.val_metric == "dice"
+    assert _make_trainer(tmp_path, amp="fp16").scaler is not None
+    with pytest.raises(MedsegError, match=r"train.val_metric: 'hd' is not one of \['dice', 'iou'.*did you mean 'hd95'"):
+        _make_trainer(tmp_path, val_metric="hd")
+
+
+def test_a_declared_extra_input_missing_from_the_batch_is_an_error(tmp_path):
+    trainer = _make_trainer(tmp_path, loss=_DeclaresDist())
+    batch = {"image": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1, 1, 8, 8)}
+    with pytest.raises(MedsegError, match=r"the batch has no 'dist' entry.*_DeclaresDist.*batch keys: image, label"):
+        trainer.train_step(batch)
+    assert torch.isfinite(trainer.train_step({**batch, "dist": torch.ones(1, 2, 8, 8)}))
+
+
+def test_tensorboard_without_the_package_warns_with_the_reason(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.warns(UserWarning, match=r"train.tensorboard is on but TensorBoard cannot be used \(No module named"):
+        trainer = _make_trainer(tmp_path, tensorboard=True)
+    assert trainer._tb is None
+
+
+def test_tensorboard_that_cannot_write_is_an_error(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class Broken:
+        def __init__(self, logdir):
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Broken))
+    with pytest.raises(MedsegError, match=r"tensorboard: cannot write TensorBoard events \(Permission denied\)"):
+        _make_trainer(tmp_path, tensorboard=True)
+
+
+def test_plotting_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a user's backend (a notebook's inline one, say)
+    try:
+        history = [{"epoch": 1, "train_loss": 1.0, "lr": 0.1, "val_hd95": 3.0, "val_hd95_1": 3.0}]
+        assert report.plot_curves(history, tmp_path / "c.png", metric="hd95")
+        assert matplotlib.get_backend() == "pdf"
+        assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+        import matplotlib.pyplot as plt
+
+        assert plt.get_fignums() == []
+    finally:
+        matplotlib.use(before)
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected_best"),
+    [("dice", 2), ("hd95", 2), ("precision", 1)],
+)
+def test_best_checkpoint_follows_the_val_metric_direction(tmp_path, metric, expected_best):
+    """Epoch 1 predicts a small square inside the label (precision 1, low Dice, large HD95);
+    epoch 2 the label itself grown by one pixel (precision < 1, higher Dice, HD95 1)."""
+    label = torch.zeros(16, 16, dtype=torch.long)
+    label[4:12, 4:12] = 1
+    small = torch.zeros_like(label)
+    small[6:8, 6:8] = 1
+    grown = torch.zeros_like(label)
+    grown[3:13, 3:13] = 1
+    net = _Fixed(small)
+    batch = {"image": torch.zeros(1, 1, 16, 16), "label": label[None, None]}
+    trainer = _make_trainer(tmp_path, network=net, val_loader=[batch], val_metric=metric, epochs=2)
+    trainer.train_epoch = lambda epoch: 0.0  # validation only
+    original = trainer.on_epoch_end
+
+    def switch(epoch, record):
+        original(epoch, record)
+        net.pred = grown
+
+    trainer.on_epoch_end = switch
+    state = trainer.fit()
+    assert state.best_epoch == expected_best
+    values = [r[f"val_{metric}"] for r in state.history]
+    assert state.best_metric == (max(values) if metric != "hd95" else min(values))
+    assert all(f"val_{metric}_1" in r for r in state.history)
+    assert (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_train_with_another_val_metric(tmp_path, capsys):
+    from _synthetic import tiny_config, write_config, write_folders
+
+    from pipeline.cli import main
+
+    root = write_folders(tmp_path / "data", n=4, size=32)
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(root, tmp_path / "run", train={"epochs": 1}))
+    assert main(["train", "-c", cfg, "--set", "train.val_metric=hd95"]) == 0
+    assert "best validation hd95 " in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert float(rows[0]["val_hd95"]) >= 0 and "val_dice" not in rows[0]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["train_state"]["best_epoch"] == 1

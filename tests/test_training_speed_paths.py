@@ -9,6 +9,7 @@ from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
+from pipeline.config import load_config
 from pipeline.engines import factory
 from pipeline.engines.trainer import Trainer
 
@@ -33,7 +34,13 @@ class _TypeRecorder(torch.nn.Module):
         return self.net(x)
 
 
-def _trainer(tmp_path, network, device="cpu", **kwargs) -> Trainer:
+def _config(**train) -> dict:
+    """A resolved config whose ``train`` section holds ``train`` (the trainer reads its settings there)."""
+    network = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2}
+    return load_config(base={"network": network, "train": {"epochs": 1, "tensorboard": False, **train}})
+
+
+def _trainer(tmp_path, network, device="cpu", **train) -> Trainer:
     optimizer = factory.build_optimizer({"optimizer": {"name": "adamw", "lr": 1e-3}}, network.parameters())
     return Trainer(
         network=network,
@@ -42,15 +49,10 @@ def _trainer(tmp_path, network, device="cpu", **kwargs) -> Trainer:
         scheduler=None,
         train_loader=[],
         val_loader=None,
-        config={},
+        config=_config(**train),
         run_dir=tmp_path,
-        num_classes=2,
         device=torch.device(device),
-        epochs=1,
-        grad_clip=12.0,
-        tensorboard=False,
         progress=False,
-        **kwargs,
     )
 
 
@@ -133,7 +135,7 @@ def test_compiled_forward_keeps_checkpoint_keys(tmp_path, monkeypatch):
 @cuda
 def test_cuda_step_has_no_host_sync(tmp_path):
     torch.backends.cudnn.benchmark = True
-    trainer = _trainer(tmp_path, _net().cuda(), device="cuda", amp_dtype=torch.bfloat16)
+    trainer = _trainer(tmp_path, _net().cuda(), device="cuda", amp="bf16")
     assert trainer.optimizer.defaults.get("fused") is True
     batch = {k: v.pin_memory() for k, v in _batch().items()}
     trainer.train_step(batch)
@@ -149,8 +151,8 @@ def test_cuda_step_has_no_host_sync(tmp_path):
 @pytest.mark.gpu
 @cuda
 def test_cuda_compiled_step_matches_eager(tmp_path):
-    eager = _trainer(tmp_path / "e", _net().cuda(), device="cuda", amp_dtype=torch.bfloat16)
-    compiled = _trainer(tmp_path / "c", _net().cuda(), device="cuda", amp_dtype=torch.bfloat16, compile=True)
+    eager = _trainer(tmp_path / "e", _net().cuda(), device="cuda", amp="bf16")
+    compiled = _trainer(tmp_path / "c", _net().cuda(), device="cuda", amp="bf16", compile=True)
     batch = _batch("cuda")
     le, lc = eager.train_step(batch), compiled.train_step(batch)
     torch.testing.assert_close(lc, le, atol=2e-2, rtol=2e-2)

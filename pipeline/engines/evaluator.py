@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.io import CaseFiles, atomic_write_text, pair_folders, read_label, read_mask
-from pipeline.metrics import BOTH_EMPTY, LOWER_IS_BETTER, METRICS, STATUSES, check_metrics, empty_result, evaluate_case
+from pipeline.metrics import BOTH_EMPTY, METRICS, STATUSES, check_metrics, empty_result, evaluate_case
 
 PER_CASE_CSV = "per_case.csv"
 SUMMARY_JSON = "summary.json"
@@ -64,8 +64,8 @@ class Evaluator:
         classes: class indices (>= 1) to report. None: every class found in any prediction or
             label so far; a case that lacks a class found elsewhere gets a ``both_empty`` row.
         nsd_tolerance: NSD tolerance in mm.
-        metrics: subset of :data:`pipeline.metrics.METRICS` (e.g. ``("dice",)`` for a fast
-            validation).
+        metrics: names from :data:`pipeline.metrics.METRICS` (e.g. ``("dice",)`` for a fast
+            validation); default: all.
 
     Example:
         >>> ev = Evaluator(classes=[1], metrics=("dice", "hd95"))
@@ -76,9 +76,13 @@ class Evaluator:
     """
 
     def __init__(
-        self, classes: Iterable[int] | None = None, *, nsd_tolerance: float = 1.0, metrics: Iterable[str] = METRICS
+        self,
+        classes: Iterable[int] | None = None,
+        *,
+        nsd_tolerance: float = 1.0,
+        metrics: Iterable[str] | None = None,
     ) -> None:
-        self.metrics = check_metrics(metrics)
+        self.metrics = check_metrics(METRICS.names() if metrics is None else metrics)
         self.fixed_classes = None if classes is None else tuple(sorted({int(c) for c in classes}))
         if self.fixed_classes is not None and (not self.fixed_classes or self.fixed_classes[0] < 1):
             raise ValueError(f"classes must be a non-empty list of indices >= 1, got {classes!r}")
@@ -176,7 +180,7 @@ class Evaluator:
             lines.append(["mean", "", "", *(_mean_std(m, fg[m], None) for m in self.metrics)])
         widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
         fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-        arrows = " ".join(f"{m}{'↓' if m in LOWER_IS_BETTER else '↑'}" for m in self.metrics)
+        arrows = " ".join(f"{m}{'↑' if METRICS.get(m).higher_is_better else '↓'}" for m in self.metrics)
         note = f"mean ± std over {summary['n_cases']} cases ({arrows}; distances in mm); "
         note += "empty/miss/hall: cases with the class in neither / only the label / only the prediction"
         return "\n".join([fmt.format(*header), *(fmt.format(*row) for row in lines), note])
@@ -199,7 +203,7 @@ class Evaluator:
 
 
 def _mean_std(metric: str, mean: float, std: float | None) -> str:
-    digits = 2 if metric in LOWER_IS_BETTER else 4
+    digits = METRICS.get(metric).digits
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
@@ -238,7 +242,7 @@ def evaluate_folder(
     fov_dir: str | os.PathLike | None = None,
     classes: Iterable[int] | None = None,
     nsd_tolerance: float = 1.0,
-    metrics: Iterable[str] = METRICS,
+    metrics: Iterable[str] | None = None,
     case_regex: str | None = None,
     overwrite: bool = False,
     progress: bool = False,

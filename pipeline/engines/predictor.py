@@ -31,7 +31,7 @@ from pipeline.config import Config, load_config, resolve
 from pipeline.data.loaders import build_chain
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
-from pipeline.engines.inferer import autocast_dtype, predict
+from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
 from pipeline.errors import DataError, MedsegError
 from transforms import keys
 
@@ -85,7 +85,7 @@ def find_inputs(source: str | os.PathLike) -> list[Path]:
 class Prediction:
     """One case's result in the geometry of its input file (MONAI's loaded array order)."""
 
-    probabilities: torch.Tensor  # K spatial, float32, CPU
+    probabilities: torch.Tensor  # K spatial, float32, CPU; one foreground channel for a sigmoid network
     labels: np.ndarray  # spatial, uint8/int16 class indices
     image: MetaTensor  # the transformed input (meta: filename, affine)
 
@@ -136,6 +136,7 @@ class Predictor:
         self.chain = build_chain(self.config, "infer")
         self.label_values = self.config.label_values
         self.progress = progress
+        self.windows = WindowCache()  # window plans of the last image sizes, for this predictor only
 
     def __call__(self, item: Mapping[str, Any] | str | os.PathLike) -> Prediction:
         """Segment one datalist item (or an image path)."""
@@ -156,9 +157,10 @@ class Predictor:
                 amp_dtype=self.amp_dtype,
                 device=self.device,
                 progress=self.progress,
+                cache=self.windows,
             )[0]
             probs = self._invert(probs.cpu(), data)
-            labels = probs.argmax(0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.int16)
+            labels = to_labels(probs, dim=0).numpy().astype(np.uint8 if self.config.num_classes <= 256 else np.int16)
         except (MemoryError, RuntimeError) as err:
             if not _out_of_memory(err):
                 raise
@@ -323,15 +325,30 @@ def evaluate_split(
     progress: bool = True,
     metrics: Iterable[str] | None = None,
     nsd_tolerance: float = 1.0,
+    classes: Iterable[int] | None = None,
 ):
     """Run inference on a split of the configured dataset and evaluate it against its labels.
 
+    Args:
+        checkpoint: a medseg checkpoint.
+        output: folder for ``per_case.csv`` and ``summary.json`` (and ``predictions/``).
+        split: ``train``, ``val`` or ``test`` of the config's data section.
+        config_path / overrides: the config to use (default: the checkpoint's) and ``--set`` items.
+        device / tta: override ``infer.device`` / ``infer.tta``.
+        save_predictions: also write the label maps to ``output/predictions``.
+        overwrite: replace existing outputs.
+        progress: a progress bar over cases.
+        metrics / nsd_tolerance: as :class:`pipeline.engines.evaluator.Evaluator`.
+        classes: foreground classes to report (default: every class of the network).
+
     Returns:
         The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
+
+    Raises:
+        MedsegError: an empty split, existing outputs, or ``classes`` the network does not predict.
     """
     from pipeline.data import load_datalist
     from pipeline.engines.evaluator import Evaluator, check_outputs
-    from pipeline.metrics import METRICS
 
     base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
     config = load_config(config_path, overrides, base=base)
@@ -339,9 +356,16 @@ def evaluate_split(
     if not items:
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
     check_outputs(output, overwrite)
+    known = tuple(range(1, config.num_classes))
+    if classes is not None:
+        classes = tuple(sorted({int(c) for c in classes}))
+        if unknown := [c for c in classes if c not in known]:
+            raise MedsegError(
+                f"--classes {' '.join(map(str, unknown))}: the network predicts classes {', '.join(map(str, known))}"
+            )
     predictor = Predictor(checkpoint, config, device=device, tta=tta)
-    classes = tuple(range(1, config.num_classes))
-    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=tuple(metrics or METRICS))
+    classes = classes or known
+    evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=metrics)
     pred_dir = Path(output) / "predictions"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)

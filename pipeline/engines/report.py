@@ -1,4 +1,4 @@
-"""Run reports: the per-epoch CSV log and ``curves.png`` (loss, Dice, learning rate)."""
+"""Run reports: the per-epoch CSV log and ``curves.png`` (loss, validation metric, learning rate)."""
 
 from __future__ import annotations
 
@@ -37,27 +37,45 @@ def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> bool:
-    """Draw training loss, validation Dice and learning rate against epoch; False without matplotlib."""
-    try:
-        import matplotlib
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, metric: str = "dice") -> bool:
+    """Draw training loss, the validation metric and learning rate against epoch.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Uses matplotlib's object API (``Figure`` + the Agg canvas), never ``pyplot`` or
+    ``matplotlib.use``, so the caller's backend (a notebook's) and open figures are untouched.
+
+    Args:
+        history: one mapping per epoch (``epoch``, ``train_loss``, ``lr``, ``val_<metric>`` and
+            ``val_<metric>_<class>`` where validated).
+        path: the PNG to write (atomically).
+        metric: the validation metric's name (``train.val_metric``).
+
+    Returns:
+        False without matplotlib, else True.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return False
+    column = f"val_{metric}"
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [r.get("train_loss") for r in history], color="tab:blue")
     axes[0].set(title="training loss", xlabel="epoch")
-    val = [(r["epoch"], r) for r in history if "val_dice" in r]
+    val = [(r["epoch"], r) for r in history if column in r]
     if val:
-        per_class = sorted({k for _, r in val for k in r if k.startswith("val_dice_")})
+        prefix = f"{column}_"
+        per_class = sorted({k for _, r in val for k in r if k.startswith(prefix)})
         for k in per_class:
-            axes[1].plot([e for e, _ in val], [r.get(k) for _, r in val], marker=".", label=f"class {k[9:]}")
-        axes[1].plot([e for e, _ in val], [r["val_dice"] for _, r in val], "k-", marker="o", label="mean")
+            axes[1].plot([e for e, _ in val], [r.get(k) for _, r in val], marker=".", label=f"class {k[len(prefix) :]}")
+        axes[1].plot([e for e, _ in val], [r[column] for _, r in val], "k-", marker="o", label="mean")
         axes[1].legend(fontsize=8)
-    axes[1].set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
+    axes[1].set(title=f"validation {metric}", xlabel="epoch")
+    shown = [v for _, r in val for k, v in r.items() if k.startswith(column) and isinstance(v, (int, float))]
+    if shown and all(0 <= v <= 1 for v in shown):  # a score (Dice...), not a distance
+        axes[1].set_ylim(0, 1)
     axes[2].plot(epochs, [r.get("lr") for r in history], color="tab:green")
     axes[2].set(title="learning rate", xlabel="epoch")
     for ax in axes:
@@ -65,6 +83,5 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     atomic_write_bytes(buf.getvalue(), path)
     return True

@@ -31,7 +31,6 @@ from pipeline.data import load_datalist
 from pipeline.data.loaders import build_loaders
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
-from pipeline.engines.inferer import autocast_dtype
 from pipeline.engines.trainer import Trainer
 from pipeline.errors import MedsegError
 
@@ -236,7 +235,8 @@ def run_training(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train as configured; returns a summary (run folder, epochs, best Dice, stop reason).
+    """Train as configured; returns a summary (run folder, epochs, best ``train.val_metric`` value
+    as ``best_metric``, and as ``best_dice`` when that metric is Dice, stop reason).
 
     Raises:
         ConfigError / DataError / MedsegError: bad settings, data or run folder (one line each).
@@ -274,7 +274,9 @@ def run_training(
     return {
         "run_dir": str(run_dir),
         "epochs": state.epoch,
-        "best_dice": state.best_metric if state.best_epoch >= 0 else None,
+        "val_metric": trainer.val_metric,
+        "best_metric": state.best_metric if state.best_epoch >= 0 else None,
+        "best_dice": state.best_metric if state.best_epoch >= 0 and trainer.val_metric == "dice" else None,
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         "stop_reason": trainer.stop_reason or "finished",
         "minutes": state.elapsed / 60,
@@ -309,7 +311,6 @@ def _build_trainer(
         train_loader, val_loader = build_loaders(
             config, splits, loss, run_dir, device, rank=dist.rank, world_size=dist.world_size
         )
-        infer = dict(config["infer"])
     except MedsegError as err:
         error = err
     _agree_on_failure(error, dist, device)
@@ -328,19 +329,7 @@ def _build_trainer(
         val_loader=val_loader,
         config=config,
         run_dir=run_dir,
-        num_classes=config.num_classes,
         device=device,
-        epochs=config["train"]["epochs"],
-        val_every=config["train"]["val_every"],
-        patience=config["train"]["patience"],
-        time_budget=config["train"]["time_budget"],
-        iterations_per_epoch=config["train"]["iterations_per_epoch"],
-        grad_clip=config["train"]["grad_clip"],
-        amp_dtype=autocast_dtype(config["train"]["amp"], device),
-        infer=infer,
-        seed=config["seed"],
-        tensorboard=config["train"]["tensorboard"],
-        compile=config["train"]["compile"],
         rank=dist.rank,
         world_size=dist.world_size,
         progress=progress,

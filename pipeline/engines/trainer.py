@@ -1,9 +1,18 @@
 """The training loop: plain PyTorch with hook methods.
 
 :class:`Trainer` receives everything already built (network, loss, optimiser, scheduler, data
-loaders); variation comes from the config, never from a subclass per setting. Override a hook
+loaders) and the resolved config, from which it reads its settings (``train``, ``infer``,
+``seed``); variation comes from the config, never from a subclass per setting. Override a hook
 (``on_train_start``, ``on_epoch_start``, ``train_step``, ``validation_step``, ``on_epoch_end``,
-``on_train_end``) to change one step.
+``on_train_end``) to change one step; :meth:`Trainer.fit` calls them in this order::
+
+    on_train_start()
+    for each epoch:
+        on_epoch_start(epoch)
+        train_step(batch)            for each training batch
+        validation_step(batch)       for each validation image, when the epoch validates
+        on_epoch_end(epoch, record)  scheduler step, checkpoints, log, curves
+    on_train_end()                   also after an error
 
 Reproducibility: every epoch reseeds torch, NumPy, Python, the loader's generator and the random
 transforms from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch *k* continues
@@ -15,8 +24,8 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +34,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.config import Config
 from pipeline.engines import report
 from pipeline.engines.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pipeline.engines.inferer import predict
+from pipeline.engines.inferer import WindowCache, autocast, autocast_dtype, needs_grad_scaler, predict, to_labels
+from pipeline.errors import MedsegError
+from pipeline.metrics import METRICS, evaluate_case
 from transforms import keys
 
 __all__ = ["Trainer", "TrainState", "dice_per_class", "epoch_seed"]
@@ -74,25 +86,42 @@ class Trainer:
 
     Args:
         network: returns logits ``BKHW[D]`` (or a list of heads, full resolution first, in
-            training mode when deep supervision is on).
+            training mode when deep supervision is on); ``out_channels: 1`` is a binary task with
+            a sigmoid loss (see :func:`pipeline.engines.inferer.to_labels`).
         loss: ``loss(pred, label, **extras)``; ``extras`` are the batch keys the loss lists in
-            ``extra_inputs``; a loss with ``set_epoch`` is told the epoch before each one.
+            ``extra_inputs`` (a batch without one is an error); a loss with ``set_epoch`` is told
+            the epoch before each one.
         optimizer / scheduler: built; the scheduler is stepped once per epoch.
         train_loader: yields dicts with ``image`` ``BCHW[D]`` and ``label`` ``B1HW[D]``.
         val_loader: whole images, batch size 1; ``None`` disables validation.
-        config: the resolved config (stored in checkpoints).
+        config: the resolved config (:func:`pipeline.config.load_config`); the trainer reads
+            ``train`` (epochs, val_every, patience, time_budget, iterations_per_epoch, grad_clip,
+            amp, compile, tensorboard, val_metric), ``infer`` (the validation window) and ``seed``,
+            and stores it in checkpoints.
         run_dir: where checkpoints, logs and plots go.
-        num_classes: including background.
         device: where the network runs.
-        epochs, val_every, patience, time_budget (minutes), iterations_per_epoch, grad_clip, amp_dtype,
-        infer: settings from the ``train``/``infer`` sections.
         rank / world_size: for DDP; only rank 0 writes files.
-        compile: run the training forward through ``torch.compile`` (weights, checkpoints and
-            validation use the network itself, so checkpoint keys do not change).
+        progress: a progress bar per epoch (rank 0 only).
+
+    Raises:
+        MedsegError: ``train.tensorboard`` is on and the event folder cannot be written.
 
     The step never waits for the device: losses stay on it (the progress bar reads them every
     10 steps), batches arrive as plain tensors (a ``MetaTensor`` would put metadata tracking on
     every network op) and are copied without blocking from the loader's pinned memory.
+
+    ``train.compile`` compiles the training forward only: weights, checkpoints and validation
+    use the network itself, so checkpoint keys do not change.
+
+    Example:
+        Override one hook to change one step, e.g. one more ``log.csv`` column per epoch::
+
+            class MemoryLoggingTrainer(Trainer):
+                def on_epoch_end(self, epoch, record):
+                    record["peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    super().on_epoch_end(epoch, record)  # checkpoints, log.csv, curves
+
+            MemoryLoggingTrainer(network=..., loss=..., ..., config=config, run_dir=run, device=device).fit()
     """
 
     def __init__(
@@ -104,54 +133,50 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         train_loader: Iterable[Mapping[str, Any]],
         val_loader: Iterable[Mapping[str, Any]] | None,
-        config: Mapping[str, Any],
+        config: Config,
         run_dir: str | Path,
-        num_classes: int,
         device: torch.device,
-        epochs: int,
-        val_every: int = 1,
-        patience: int = 0,
-        time_budget: float | None = None,
-        iterations_per_epoch: int | None = None,
-        grad_clip: float | None = None,
-        amp_dtype: torch.dtype | None = None,
-        infer: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        tensorboard: bool = True,
         rank: int = 0,
         world_size: int = 1,
         progress: bool = True,
-        compile: bool = False,
     ) -> None:
+        self.config = config
+        train = config["train"]
         self.network = network
-        self._forward = torch.compile(network) if compile else network
+        self._forward = torch.compile(network) if train["compile"] else network
         self.loss = loss
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.train_loader = train_loader
         self.val_loader = val_loader
-        self.config = config
         self.run_dir = Path(run_dir)
-        self.num_classes = num_classes
+        self.num_classes = config.num_classes
         self.device = device
-        self.epochs = epochs
-        self.val_every = val_every
-        self.patience = patience
-        self.time_budget = time_budget
-        self.iterations_per_epoch = iterations_per_epoch
-        self.grad_clip = grad_clip
-        self.amp_dtype = amp_dtype
-        self.infer = dict(infer or {})
-        self.seed = seed
+        self.epochs = train["epochs"]
+        self.val_every = train["val_every"]
+        self.patience = train["patience"]
+        self.time_budget = train["time_budget"]
+        self.iterations_per_epoch = train["iterations_per_epoch"]
+        self.grad_clip = train["grad_clip"]
+        self.amp_dtype = autocast_dtype(train["amp"], device)
+        self.val_metric = train["val_metric"]  # a registered metric: checked when the config was resolved
+        self.higher_is_better = METRICS.get(self.val_metric).higher_is_better
+        self.seed = self.config["seed"]
         self.rank = rank
         self.world_size = world_size
         self.progress = progress and rank == 0
         self.state = TrainState()
-        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(self.amp_dtype) else None
         self.stop_reason: str | None = None
+        self._windows = WindowCache()  # validation images repeat every epoch: their window plans too
         self._session_start = 0.0
         self._best_pending = False
-        self._tb = self._tensorboard() if tensorboard and self.is_main else None
+        self._tb = self._tensorboard() if train["tensorboard"] and self.is_main else None
+
+    @property
+    def infer(self) -> Mapping[str, Any]:
+        """The ``infer`` section (the validation window size filled in when the config was resolved)."""
+        return self.config["infer"]
 
     # ------------------------------------------------------------------ helpers
 
@@ -169,16 +194,24 @@ class Trainer:
         return getattr(self.network, "module", self.network)
 
     def _tensorboard(self):
+        """A SummaryWriter; without the tensorboard package a warning with the reason and None."""
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional
+        except ImportError as err:  # tensorboard is optional
+            warnings.warn(
+                f"train.tensorboard is on but TensorBoard cannot be used ({err}); "
+                "pip install tensorboard, or set train.tensorboard: false to silence this",
+                stacklevel=3,
+            )
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        where = self.run_dir / "tensorboard"
+        try:
+            return SummaryWriter(str(where))
+        except OSError as err:
+            raise MedsegError(
+                f"{where}: cannot write TensorBoard events ({err.strerror or err}); "
+                "set train.tensorboard: false to train without them"
+            ) from None
 
     def seed_epoch(self, epoch: int) -> None:
         """Reseed every generator for ``epoch`` (see the module docstring)."""
@@ -197,14 +230,20 @@ class Trainer:
             transform.set_random_state(seed=s)
 
     def _move(self, batch: Mapping[str, Any], names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Batch entries as plain tensors on the device (``MetaTensor`` unwrapped: no copy)."""
+        """Batch entries as plain tensors on the device (``MetaTensor`` unwrapped: no copy).
+
+        Raises:
+            MedsegError: a named entry is missing from the batch (naming it and the batch's keys).
+        """
         out = {}
         for k in names:
-            if k in batch:
-                t = torch.as_tensor(batch[k])
-                out[k] = (t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)).to(
-                    self.device, non_blocking=True
+            if k not in batch:
+                raise MedsegError(
+                    f"the batch has no {k!r} entry, which the loss ({type(self.loss).__name__}) declares in "
+                    f"extra_inputs; batch keys: {', '.join(map(str, batch))}. The transform chain must add it"
                 )
+            t = torch.as_tensor(batch[k])
+            out[k] = (t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)).to(self.device, non_blocking=True)
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -243,11 +282,13 @@ class Trainer:
     # ------------------------------------------------------------------ hooks
 
     def on_train_start(self) -> None:
+        """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder."""
         self._session_start = time.perf_counter() - self.state.elapsed
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def on_epoch_start(self, epoch: int) -> None:
+        """Before each epoch (0-based): reseeds every generator, tells the loss the epoch, train mode."""
         self.seed_epoch(epoch)
         set_epoch = getattr(self.loss, "set_epoch", None)
         if callable(set_epoch):
@@ -255,11 +296,21 @@ class Trainer:
         self.network.train()
 
     def train_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """One optimisation step; returns the loss as a detached tensor (no host sync)."""
+        """One optimisation step on one training batch.
+
+        Args:
+            batch: ``image``, ``label`` and the loss's ``extra_inputs``.
+
+        Returns:
+            The loss as a detached tensor on the device (no host sync).
+
+        Raises:
+            MedsegError: the batch lacks an entry the loss declares.
+        """
         data = self._move(batch, (keys.IMAGE, keys.LABEL, *getattr(self.loss, "extra_inputs", ())))
         image, label = data.pop(keys.IMAGE), data.pop(keys.LABEL)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             pred = self._forward(image)
         if isinstance(pred, (list, tuple)):
             pred = [p.float() for p in pred]
@@ -282,21 +333,48 @@ class Trainer:
 
     @torch.no_grad()
     def validation_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Dice per foreground class of one whole image by sliding-window inference."""
+        """``train.val_metric`` per foreground class of one whole image, by sliding-window inference.
+
+        Labels come from :func:`~pipeline.engines.inferer.to_labels` (argmax, or ``p > 0.5`` for a
+        single-channel network). Dice is computed on the device; other metrics by
+        :func:`pipeline.metrics.evaluate_case` on the CPU, with the label's spacing when the batch
+        carries it.
+
+        Returns:
+            ``(num_classes - 1,)`` float tensor.
+        """
         image = torch.as_tensor(batch[keys.IMAGE])
         probs = predict(
             self.model,
             image.to(self.device),
             roi_size=self.infer["roi_size"],
-            overlap=self.infer.get("overlap", 0.5),
-            mode=self.infer.get("mode", "gaussian"),
-            sw_batch_size=self.infer.get("sw_batch_size") or "auto",
+            overlap=self.infer["overlap"],
+            mode=self.infer["mode"],
+            sw_batch_size=self.infer["sw_batch_size"] or "auto",
             amp_dtype=self.amp_dtype,
+            cache=self._windows,
         )
-        pred = probs.argmax(1, keepdim=True)
-        return dice_per_class(pred, torch.as_tensor(batch[keys.LABEL]), self.num_classes)
+        pred = to_labels(probs, keepdim=True)
+        label = batch[keys.LABEL]
+        if self.val_metric == "dice":
+            return dice_per_class(pred, torch.as_tensor(label), self.num_classes)
+        classes = range(1, self.num_classes)
+        values = torch.zeros(len(classes))
+        lab = torch.as_tensor(label).to(torch.int64).cpu()
+        spacing = _spacing(label, pred.ndim - 2)
+        for i in range(pred.shape[0]):
+            res = evaluate_case(pred[i, 0].cpu(), lab[i, 0], spacing, classes, metrics=(self.val_metric,))
+            values += torch.tensor([res[c][self.val_metric] for c in classes], dtype=torch.float32)
+        return values / pred.shape[0]
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        """After each epoch: steps the scheduler, saves ``best.pt`` (when the epoch improved) and
+        ``last.pt``, writes ``log.csv``, ``curves.png`` and TensorBoard scalars (rank 0).
+
+        Args:
+            epoch: 0-based.
+            record: the epoch's log row (``epoch``, ``lr``, ``train_loss``, ``val_<metric>``...).
+        """
         self.state.epoch = epoch + 1
         self.state.elapsed = time.perf_counter() - self._session_start
         record["time_min"] = round(self.state.elapsed / 60, 3)
@@ -311,8 +389,8 @@ class Trainer:
         self.save("last")
         if self.is_main:
             report.write_history(self.state.history, self.run_dir / "log.csv")
-            if "val_dice" in record:
-                report.plot_curves(self.state.history, self.run_dir / "curves.png")
+            if f"val_{self.val_metric}" in record:
+                report.plot_curves(self.state.history, self.run_dir / "curves.png", metric=self.val_metric)
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
@@ -320,6 +398,7 @@ class Trainer:
                 self._tb.flush()
 
     def on_train_end(self) -> None:
+        """Once per :meth:`fit`, also after an error or an interrupt: closes TensorBoard."""
         if self._tb is not None:
             self._tb.close()
 
@@ -343,9 +422,10 @@ class Trainer:
                 bar.update()
                 if done % 10 == 0 or done == total:
                     postfix = {"loss": f"{torch.stack(losses[-10:]).mean().item():.4f}"}
-                    dice = next((r["val_dice"] for r in reversed(self.state.history) if "val_dice" in r), None)
-                    if dice is not None:
-                        postfix["dice"] = f"{dice:.3f}"
+                    column = f"val_{self.val_metric}"
+                    value = next((r[column] for r in reversed(self.state.history) if column in r), None)
+                    if value is not None:
+                        postfix[self.val_metric] = f"{value:.3f}"
                     bar.set_postfix(postfix)
                 if done >= total:
                     break
@@ -356,13 +436,11 @@ class Trainer:
             mean /= self.world_size
         value = float(mean)
         if not math.isfinite(value):
-            from pipeline.errors import MedsegError
-
             raise MedsegError(f"training diverged at epoch {epoch + 1}: loss is {value}; lower optimizer.lr")
         return value
 
     def validate(self) -> torch.Tensor:
-        """Mean Dice per foreground class over the validation set (all-reduced under DDP)."""
+        """Mean ``train.val_metric`` per foreground class over the validation set (all-reduced under DDP)."""
         self.network.eval()
         total = torch.zeros(self.num_classes - 1, device=self.device)
         count = torch.zeros((), device=self.device)
@@ -399,11 +477,12 @@ class Trainer:
                     self.time_budget is not None and time.perf_counter() - self._session_start > self.time_budget * 60
                 )
                 if self.should_validate(epoch) or (over_budget and self.val_loader is not None):
-                    dice = self.validate()
-                    record["val_dice"] = float(dice.mean()) if dice.numel() else float("nan")
-                    for c, d in enumerate(dice.tolist(), start=1):
-                        record[f"val_dice_{c}"] = d
-                    self._track_best(record["val_dice"], epoch)
+                    values = self.validate()
+                    column = f"val_{self.val_metric}"
+                    record[column] = float(values.mean()) if values.numel() else float("nan")
+                    for c, v in enumerate(values.tolist(), start=1):
+                        record[f"{column}_{c}"] = v
+                    self._track_best(record[column], epoch)
                 self.on_epoch_end(epoch, record)
                 if self.patience and self.state.bad_validations >= self.patience:
                     self.stop_reason = f"early stopping: no improvement in {self.patience} validations"
@@ -416,10 +495,25 @@ class Trainer:
         return self.state
 
     def _track_best(self, metric: float, epoch: int) -> None:
-        if metric > self.state.best_metric:
+        """Best by ``train.val_metric``'s direction; a NaN never counts as an improvement."""
+        if self.state.best_epoch < 0:
+            better = not math.isnan(metric)
+        else:
+            better = metric > self.state.best_metric if self.higher_is_better else metric < self.state.best_metric
+        if better:
             self.state.best_metric = metric
             self.state.best_epoch = epoch + 1
             self.state.bad_validations = 0
             self._best_pending = True
         else:
             self.state.bad_validations += 1
+
+
+def _spacing(label: Any, spatial_dims: int) -> tuple[float, ...] | None:
+    """The first item's voxel spacing of a collated ``MetaTensor`` label, else None (1 per axis)."""
+    pixdim = getattr(label, "pixdim", None)
+    if pixdim is None:
+        return None
+    values = torch.as_tensor(pixdim[0] if isinstance(pixdim, (list, tuple)) else pixdim, dtype=torch.float64)
+    values = values.reshape(-1, values.shape[-1])[0] if values.ndim > 1 else values
+    return tuple(float(v) for v in values[:spatial_dims]) if values.numel() >= spatial_dims else None
