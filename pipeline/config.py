@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.io import atomic_write_text
 from pipeline.registry import Registry
 
 __all__ = [
@@ -476,10 +477,7 @@ def build_component(spec: Mapping[str, Any], registry: Registry, *args: Any, whe
 
 def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved config as YAML (atomically: temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(_plain(cfg), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS"]
+__all__ = ["Registry", "NETWORKS", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "LAYOUTS"]
 
 
 class Registry:
@@ -95,3 +95,4 @@ NETWORKS = Registry("network")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+LAYOUTS = Registry("dataset layout")

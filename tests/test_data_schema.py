@@ -11,6 +11,7 @@ import pipeline.data.schema as schema
 import pipeline.sections  # noqa: F401  (imports the data schema module, as root_schema does)
 from pipeline.config import _SECTIONS, Section, validate
 from pipeline.errors import ConfigError
+from pipeline.io import read_image
 from transforms.chains import build_transforms
 
 
@@ -33,7 +34,9 @@ def test_docstring_example_validates_and_builds():
     example = yaml.safe_load(schema.__doc__.split("::", 1)[1])
     resolved = validate(example, Section({"data": schema.data_schema(), "transforms": schema.transforms_schema()}))
     assert resolved["transforms"]["label_values"] == [0.0, 255.0]
-    chain = build_transforms({**resolved, "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}}, "train")
+    chain = build_transforms(
+        {**resolved, "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}}, "train", reader=read_image
+    )
     assert pickle.loads(pickle.dumps(chain)) is not None  # DataLoader workers may spawn
 
 

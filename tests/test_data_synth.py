@@ -12,9 +12,11 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 
 from pipeline.data import load_datalist
+from pipeline.data.labels import fill_label_values
 from pipeline.data.synth import FORMAT_OF, make_dataset
 from pipeline.data.synth.vessel2d import fundus
 from pipeline.errors import DataError
+from pipeline.io import read_image
 from transforms.chains import build_transforms
 
 SMALL = {"vessel2d": 64, "cell": 64, "vessel3d": (32, 32, 16), "lung": (32, 32, 16)}
@@ -70,8 +72,14 @@ def test_vessel2d_files_and_drive_test_split(tmp_path):
     assert Image.open(root / "training/images/21_training.tif").mode == "RGB"
     splits = load_datalist({"format": "drive", "root": str(root)})
     assert [d["case"] for d in splits["test"]] == ["01_test"] and len(splits["train"]) == 3
-    cfg = {"network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}, "transforms": {"channels": [1]}}
-    d = build_transforms(cfg, "val")(splits["train"][0])
+    cfg = {
+        "data": {"format": "drive", "root": str(root)},
+        "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2},
+        "transforms": {"channels": [1]},
+    }
+    cfg = fill_label_values(cfg)  # the DRIVE layout's table: 0/255
+    assert cfg["transforms"]["label_values"] == [0.0, 255.0]
+    d = build_transforms(cfg, "val", reader=read_image)(splits["train"][0])
     assert d["image"].shape == d["label"].shape == d["fov"].shape == (1, 64, 64)
     assert set(np.unique(d["label"])) == {0.0, 1.0}
 
@@ -112,9 +120,9 @@ def test_cell_masks_tile_the_nuclei(tmp_path):
     grey = np.asarray(image)[..., 0].astype(float)
     inside = masks.any(0)
     assert grey[inside].mean() > 2 * grey[~inside].mean()  # nuclei are bright
-    d = build_transforms({"network": {"spatial_dims": 2, "in_channels": 3, "out_channels": 2}}, "val")(
-        load_datalist({"format": "dsb2018", "root": str(root), "val_fraction": 0.0})["train"][0]
-    )
+    d = build_transforms(
+        {"network": {"spatial_dims": 2, "in_channels": 3, "out_channels": 2}}, "val", reader=read_image
+    )(load_datalist({"format": "dsb2018", "root": str(root), "val_fraction": 0.0})["train"][0])
     assert int(d["instance"].max()) == masks.shape[0] and set(np.unique(d["label"])) == {0.0, 1.0}
 
 

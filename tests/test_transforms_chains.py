@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.io import read_image
 from transforms.chains import build_transforms, chain_settings
 
 NET2D = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}
@@ -67,9 +68,15 @@ def case3d(tmp_path):
 def test_2d_train_crops_keep_image_label_and_dist_aligned(case2d):
     cfg = {
         "network": NET2D,
-        "transforms": {"patch_size": [32, 32], "num_samples": 3, "intensity": {"mode": "none"}, "augment": ALL_SPATIAL},
+        "transforms": {
+            "patch_size": [32, 32],
+            "num_samples": 3,
+            "intensity": {"mode": "none"},
+            "augment": ALL_SPATIAL,
+            "label_values": [0, 255],  # the dataset's table (no per-file 0/255 rule any more)
+        },
     }
-    chain = build_transforms(cfg, "train", extra_keys=("dist",), post_label=[_SignedDist(["label"])])
+    chain = build_transforms(cfg, "train", reader=read_image, extra_keys=("dist",), post_label=[_SignedDist(["label"])])
     chain.set_random_state(0)
     dices, shuffled = [], []
     for _ in range(4):
@@ -99,7 +106,7 @@ def test_3d_train_chain_resamples_reorients_and_stays_aligned(case3d):
             "augment": {**ALL_SPATIAL, "elastic": {"prob": 0.0}},
         },
     }
-    chain = build_transforms(cfg, "train")
+    chain = build_transforms(cfg, "train", reader=read_image)
     chain.set_random_state(1)
     crops = chain(case3d)
     assert len(crops) == 2
@@ -113,7 +120,10 @@ def test_3d_train_chain_resamples_reorients_and_stays_aligned(case3d):
 
 def test_val_is_deterministic_whole_image_with_label(case3d):
     cfg = {"network": NET3D, "transforms": {"spacing": [1.5, 1.5, 1.5]}}
-    a, b = build_transforms(cfg, "val")(case3d), build_transforms(cfg, "val")(case3d)
+    a, b = (
+        build_transforms(cfg, "val", reader=read_image)(case3d),
+        build_transforms(cfg, "val", reader=read_image)(case3d),
+    )
     assert a["image"].shape == (1, 24, 20, 19)  # 10 slice centres 3 mm apart span 27 mm: 19 at 1.5 mm
     torch.testing.assert_close(a["image"], b["image"])
     assert abs(float(a["image"].mean())) < 1e-4 and abs(float(a["image"].std()) - 1) < 1e-2  # z-score
@@ -122,7 +132,7 @@ def test_val_is_deterministic_whole_image_with_label(case3d):
 
 def test_infer_2d_prediction_written_back_lies_over_the_input(case2d, tmp_path):
     cfg = {"network": NET2D, "transforms": {"intensity": {"mode": "none"}}}
-    d = build_transforms(cfg, "infer")(case2d)
+    d = build_transforms(cfg, "infer", reader=read_image)(case2d)
     assert set(d) == {"image", "label", "case"} and isinstance(d["label"], str)  # label not loaded
     pred = (d["image"] > 127.5).to(torch.uint8)  # "segment" by threshold, in the chain's geometry
     pred.meta = dict(d["image"].meta)
@@ -136,7 +146,7 @@ def test_infer_2d_prediction_written_back_lies_over_the_input(case2d, tmp_path):
 
 def test_infer_3d_inverts_to_the_input_geometry(case3d, tmp_path):
     cfg = {"network": NET3D, "transforms": {"spacing": [1.0, 1.0, 1.0]}}
-    chain = build_transforms(cfg, "infer")
+    chain = build_transforms(cfg, "infer", reader=read_image)
     d = chain(case3d)
     assert d["image"].shape == (1, 36, 30, 28)  # 1 mm over the voxel-centre extent
     d["pred"] = (d["image"] > 0).float()  # z-score > 0 is the upper half of intensities
@@ -158,7 +168,7 @@ def test_channel_selection_keeps_drive_green(tmp_path):
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "m.gif")
     item = {"image": str(tmp_path / "r.tif"), "label": str(tmp_path / "m.gif"), "fov": str(tmp_path / "m.gif")}
     cfg = {"network": NET2D, "transforms": {"channels": [1], "intensity": {"mode": "none"}}}
-    d = build_transforms(cfg, "val")(item)
+    d = build_transforms(cfg, "val", reader=read_image)(item)
     assert d["image"].shape == (1, 12, 10) and d["fov"].shape == (1, 12, 10)
     np.testing.assert_array_equal(d["image"][0, :, 0].numpy(), np.arange(12) * 10.0)
 
@@ -169,7 +179,7 @@ def test_bad_label_values_surface_as_data_error_not_runtime_error(case2d, tmp_pa
     Image.fromarray(bad).save(tmp_path / "bad.png")
     cfg = {"network": NET2D, "transforms": {"label_values": [0, 255]}}
     with pytest.raises(DataError, match=r"bad.png: label values \{128\} are not the configured"):
-        build_transforms(cfg, "val")({**case2d, "label": str(tmp_path / "bad.png")})
+        build_transforms(cfg, "val", reader=read_image)({**case2d, "label": str(tmp_path / "bad.png")})
 
 
 @pytest.mark.parametrize(
@@ -193,7 +203,7 @@ def test_bad_label_values_surface_as_data_error_not_runtime_error(case2d, tmp_pa
 )
 def test_config_errors_name_the_key(transforms, network, match):
     with pytest.raises(ConfigError, match=match):
-        build_transforms({"network": network, "transforms": transforms}, "train")
+        build_transforms({"network": network, "transforms": transforms}, "train", reader=read_image)
 
 
 def test_settings_defaults_and_mode_check():
@@ -201,6 +211,6 @@ def test_settings_defaults_and_mode_check():
     assert s["patch_size"] == [96, 96, 96] and s["num_classes"] == 2 and s["intensity"]["mode"] == "zscore"
     assert s["augment"]["flip"]["prob"] == 0.5 and s["augment"]["rotate"]["degrees"] == [30.0]
     with pytest.raises(ValueError, match=r"mode must be one of \('train', 'val', 'infer'\), got 'test'"):
-        build_transforms({"network": NET2D}, "test")
+        build_transforms({"network": NET2D}, "test", reader=read_image)
     with pytest.warns(UserWarning, match="transforms.spacing is ignored for 2D data"):
         chain_settings({"network": NET2D, "transforms": {"spacing": [1.0, 1.0, 1.0]}})

@@ -7,7 +7,7 @@ One chain per mode, for 2D and 3D::
     -> SelectChannelsd (transforms.channels, e.g. DRIVE's green [1])
     -> [train] CropForegroundd (transforms.crop_foreground)
     -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
-    -> MapLabelsd (label values -> classes, strict; fov -> 0/1)            [train, val]
+    -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
     -> post_label hooks (e.g. SignedDistanceMapd writing ``dist``)          [train, val]
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
@@ -32,8 +32,8 @@ mode). After sliding-window inference on ``d["image"]``::
               separate_folder=False, output_dtype=np.uint8)(d["pred"])
 
 ``Invertd`` undoes spacing and orientation, so the NIfTI gets the input's shape and affine. 2D
-files are loaded with MONAI's PIL convention (spatial axes ``W, H``) and MONAI's ``PILWriter``
-transposes back, so the PNG lies over the input (see :mod:`transforms.io`).
+files are loaded by the injected reader in MONAI's PIL convention (spatial axes ``W, H``; see
+:mod:`pipeline.io`) and MONAI's ``PILWriter`` transposes back, so the PNG lies over the input.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     CropForegroundd,
     DeleteItemsd,
@@ -71,7 +72,7 @@ from monai.transforms import (
 
 from pipeline.data.schema import transforms_schema
 from pipeline.errors import ConfigError, DataError
-from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
+from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
 
 __all__ = ["build_transforms", "chain_settings", "Chain", "find_data_error", "MODES"]
@@ -263,6 +264,7 @@ def build_transforms(
     config: Mapping[str, Any],
     mode: str,
     *,
+    reader: ImageReader,
     extra_keys: Sequence[str] = (),
     post_label: Sequence[Transform | MapTransform] = (),
 ) -> Chain:
@@ -273,6 +275,9 @@ def build_transforms(
             ``network.spatial_dims`` / ``in_channels`` / ``out_channels``.
         mode: ``"train"`` (random crops and augmentation), ``"val"`` (deterministic, whole
             images, label kept) or ``"infer"`` (image only, invertible; see the module docstring).
+        reader: reads one file for :class:`~transforms.dictionary.LoadCased`
+            (:class:`~transforms.dictionary.ImageReader`; the pipeline passes
+            :func:`pipeline.io.read_image`).
         extra_keys: float keys created by ``post_label`` transforms (e.g. ``("dist",)``) that
             must follow the image through the crop and the random spatial transforms (bilinear).
         post_label: transforms inserted right after label mapping, before the crop (train, val).
@@ -287,8 +292,9 @@ def build_transforms(
         ConfigError: for inconsistent settings (channel or class counts, patch size dims).
 
     Example:
+        >>> from pipeline.io import read_image
         >>> cfg = {"network": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}}
-        >>> chain = build_transforms(cfg, "val")
+        >>> chain = build_transforms(cfg, "val", reader=read_image)
         >>> type(chain).__name__
         'Chain'
     """
@@ -301,6 +307,7 @@ def build_transforms(
     chain: list[Any] = [
         LoadCased(
             loaded,
+            reader=reader,
             spatial_dims=dims,
             image_channels=s["in_channels"] if s["channels"] is None else None,
             required=[IMAGE] if mode == "infer" else [IMAGE, LABEL],
@@ -328,7 +335,7 @@ def build_transforms(
     chain += _intensity(s)
     if mode != "infer":
         chain.append(MapLabelsd(LABEL, s["label_values"], s["num_classes"]))
-        chain.append(MapLabelsd(FOV, None, 2, allow_missing_keys=True))
+        chain.append(AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True))  # a mask: inside where non-zero
         chain += list(post_label)
     if mode == "train":
         keys, _ = _spatial(loaded, extra_keys)

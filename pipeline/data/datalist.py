@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.data.readers import READERS, Dataset
+from pipeline.data.readers import LAYOUTS, Dataset
 from pipeline.data.schema import data_schema
 from pipeline.data.splits import apply_split, split_cases
 from pipeline.errors import ConfigError, DataError
@@ -31,7 +31,7 @@ def read_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
         DataError: for layout problems (see :mod:`pipeline.data.readers`).
     """
     cfg = _resolve(data_cfg)
-    reader = READERS[cfg["format"]]
+    reader = LAYOUTS.get(cfg["format"])
     if cfg["format"] == "folders":
         return reader(cfg["root"], cfg["image_dir"], cfg["label_dir"], cfg["label_suffix"], cfg["pattern"])
     return reader(cfg["root"])

@@ -6,7 +6,12 @@ labelled test set where the layout has one (DRIVE), and the label / channel name
 layout declares them. Layout problems (an image without a label, a label without an image,
 duplicate stems, an empty dataset, an unreadable ``dataset.json``) are collected and raised as
 one :class:`~pipeline.errors.DataError` that lists the first few offending files and the count.
-Hidden files, including the macOS ``._*`` resource forks that MSD archives carry, are skipped.
+Hidden files, including the macOS ``._*`` resource forks that MSD archives carry, are skipped;
+a dangling symbolic link is an error that names it.
+
+Each reader is registered in :data:`pipeline.registry.LAYOUTS` under its ``data.format`` name,
+so a new layout is one function decorated with ``@LAYOUTS.register("name")`` (taking the root
+folder, returning a :class:`Dataset`) in a module imported here, plus its test.
 
 Value conventions (see :mod:`transforms.keys`): ``image`` is one path, or a list of paths that
 are stacked as channels (nnU-Net's one file per channel); ``label`` / ``instance`` are one path,
@@ -18,16 +23,17 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data._utils import data_files, is_hidden, list_some, split_suffix
+from pipeline.data._utils import data_files, is_hidden, list_some
 from pipeline.errors import DataError
+from pipeline.io import split_suffix
+from pipeline.registry import LAYOUTS
 from transforms.keys import CASE, FOV, IMAGE, INSTANCE, LABEL
 
-__all__ = ["Dataset", "READERS", "read_msd", "read_nnunet", "read_drive", "read_dsb2018", "read_folders"]
+__all__ = ["Dataset", "LAYOUTS", "read_msd", "read_nnunet", "read_drive", "read_dsb2018", "read_folders"]
 
 
 @dataclass
@@ -39,12 +45,16 @@ class Dataset:
         test: the layout's own labelled test set (DRIVE's ``test/``), or ``None``.
         labels: class value → name, where the layout declares them.
         channels: channel names, where the layout declares them.
+        label_values: the raw label values of the whole dataset where the layout fixes them
+            (DRIVE 0/255, DSB2018's masks 0/1, MSD / nnU-Net from ``dataset.json`` labels), so
+            nobody has to read every label to learn them (:mod:`pipeline.data.labels`).
     """
 
     items: list[dict[str, Any]]
     test: list[dict[str, Any]] | None = None
     labels: dict[int, str] | None = None
     channels: list[str] | None = None
+    label_values: list[int] | None = None
 
 
 @dataclass
@@ -112,6 +122,7 @@ def _msd_labels(raw: Any) -> dict[int, str] | None:
         return None
 
 
+@LAYOUTS.register("msd")
 def read_msd(root: str | Path) -> Dataset:
     """Medical Segmentation Decathlon: ``dataset.json`` with ``training`` entries of relative paths.
 
@@ -150,7 +161,9 @@ def read_msd(root: str | Path) -> Dataset:
     problems.raise_if_any()
     modality = meta.get("modality")
     channels = [str(modality[k]) for k in sorted(modality, key=str)] if isinstance(modality, dict) else None
-    return Dataset(_nonempty(items, root, "MSD"), labels=_msd_labels(meta.get("labels")), channels=channels)
+    labels = _msd_labels(meta.get("labels"))
+    values = sorted(labels) if labels else None
+    return Dataset(_nonempty(items, root, "MSD"), labels=labels, channels=channels, label_values=values)
 
 
 # ------------------------------------------------------------------------------------ nnU-Net
@@ -158,6 +171,7 @@ def read_msd(root: str | Path) -> Dataset:
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+@LAYOUTS.register("nnunet")
 def read_nnunet(root: str | Path) -> Dataset:
     """nnU-Net v2 raw: ``imagesTr/{case}_{XXXX}{ending}`` per channel, ``labelsTr/{case}{ending}``.
 
@@ -201,7 +215,8 @@ def read_nnunet(root: str | Path) -> Dataset:
     if isinstance(raw_labels, dict) and all(isinstance(v, int) for v in raw_labels.values()):
         named = {int(v): str(k) for k, v in raw_labels.items()}
     chan = [str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else str(k))]
-    return Dataset(_nonempty(items, root, "nnU-Net raw"), labels=named, channels=chan)
+    values = sorted(named) if named else None
+    return Dataset(_nonempty(items, root, "nnU-Net raw"), labels=named, channels=chan, label_values=values)
 
 
 # -------------------------------------------------------------------------------------- DRIVE
@@ -246,6 +261,7 @@ def _drive_part(root: Path, part: str, problems: _Problems) -> list[dict[str, An
     return items
 
 
+@LAYOUTS.register("drive")
 def read_drive(root: str | Path) -> Dataset:
     """DRIVE retinal vessels: ``{training,test}/images/NN_{part}.tif`` (RGB),
     ``1st_manual/NN_manual1.gif`` (0/255) and ``mask/NN_{part}_mask.gif`` (field of view, key ``fov``).
@@ -260,12 +276,17 @@ def read_drive(root: str | Path) -> Dataset:
     problems.raise_if_any()
     if train is None:
         raise DataError(f"{root}: no training/images and training/1st_manual folders (DRIVE layout)")
-    return Dataset(_nonempty(train, root, "DRIVE"), test=sorted(test, key=lambda d: d[CASE]) if test else None)
+    return Dataset(
+        _nonempty(train, root, "DRIVE"),
+        test=sorted(test, key=lambda d: d[CASE]) if test else None,
+        label_values=[0, 255],
+    )
 
 
 # ------------------------------------------------------------------------------------ DSB2018
 
 
+@LAYOUTS.register("dsb2018")
 def read_dsb2018(root: str | Path) -> Dataset:
     """Data Science Bowl 2018 nuclei: ``stage1_train/<id>/images/<id>.png`` and ``masks/*.png``.
 
@@ -299,12 +320,13 @@ def read_dsb2018(root: str | Path) -> Dataset:
     problems.add("images without masks", no_label)
     problems.add("mask folders without an image", no_image)
     problems.raise_if_any()
-    return Dataset(_nonempty(items, root, "DSB2018"))
+    return Dataset(_nonempty(items, root, "DSB2018"), label_values=[0, 1])  # the loader unites the masks as 0/1
 
 
 # ------------------------------------------------------------------------------------ folders
 
 
+@LAYOUTS.register("folders")
 def read_folders(
     root: str | Path,
     image_dir: str = "images",
@@ -359,13 +381,3 @@ def _match(files: list[Path], regex: re.Pattern, problems: _Problems) -> dict[st
             out[m["case"]] = f
     problems.add("files with duplicate case ids", sorted(set(dups)))
     return out
-
-
-READERS: dict[str, Callable[..., Dataset]] = {
-    "msd": read_msd,
-    "nnunet": read_nnunet,
-    "drive": read_drive,
-    "dsb2018": read_dsb2018,
-    "folders": read_folders,
-}
-"""Layout name (``data.format``) → reader."""

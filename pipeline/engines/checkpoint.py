@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import MedsegError
+from pipeline.io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT"]
 
@@ -37,15 +38,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
     return path
 
 

@@ -14,6 +14,8 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from pipeline.config import ConfigError, build_component
+from pipeline.data.labels import fill_label_values
+from pipeline.io import read_image
 from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS
 from transforms import keys
 
@@ -183,6 +185,9 @@ def build_loaders(
     """Training and validation loaders; under DDP each rank caches and samples only its shard."""
     from transforms.chains import Chain, build_transforms
 
+    # the run's table of label values should already be in the config (fill_label_values at the
+    # start of training, before the config is saved); decide it here for callers that did not
+    config = fill_label_values(config)
     train_cfg = config["train"]
     workers = train_cfg["num_workers"] if train_cfg["num_workers"] >= 0 else auto_workers(device)
     if not splits.get("train"):
@@ -195,7 +200,7 @@ def build_loaders(
     train_items = shard(splits["train"], rank, world_size)
     train_ds = make_dataset(
         train_items,
-        Chain([*build_transforms(config, "train").transforms, *distance_transforms(config, loss)]),
+        Chain([*build_transforms(config, "train", reader=read_image).transforms, *distance_transforms(config, loss)]),
         train_cfg,
         cache_root / "train",
         workers,
@@ -215,6 +220,8 @@ def build_loaders(
     val_loader = None
     if splits.get("val"):
         val_items = list(splits["val"])[rank::world_size]  # no padding duplicates: metrics are summed
-        val_ds = make_dataset(val_items, build_transforms(config, "val"), train_cfg, cache_root / "val", workers)
+        val_ds = make_dataset(
+            val_items, build_transforms(config, "val", reader=read_image), train_cfg, cache_root / "val", workers
+        )
         val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=workers)
     return train_loader, val_loader
