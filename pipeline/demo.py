@@ -186,7 +186,7 @@ def _label_slice(path: str | os.PathLike) -> np.ndarray:
     from pipeline.io import read_label
 
     arr = np.asarray(read_label(path).array)
-    return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr
+    return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr.T  # pipeline.io's W H -> the picture
 
 
 def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_dir: Path, limit: int = 4) -> list[Path]:
