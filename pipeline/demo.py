@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError, MedsegError
+from pipeline.io import atomic_write_text, read_label
 
 __all__ = ["run_demo", "DEMOS", "config_dir"]
 
@@ -151,7 +152,7 @@ def run_demo(
     summary_json = json.loads((eval_dir / "summary.json").read_text())
     minutes = (time.perf_counter() - start) / 60
     report = _report(kind, summary, summary_json, overlays, out, minutes, len(test_images))
-    (out / "report.md").write_text(report, encoding="utf-8")
+    atomic_write_text(out / "report.md", report)
     dice = {c: v["dice"]["mean"] for c, v in summary_json["per_class"].items()}
     print(
         f"\ndemo finished in {minutes:.1f} min: test Dice {', '.join(f'class {c} {d:.3f}' for c, d in dice.items())}\n"
@@ -183,8 +184,6 @@ def _display_slice(path: str | os.PathLike) -> np.ndarray:
 
 
 def _label_slice(path: str | os.PathLike) -> np.ndarray:
-    from pipeline.io import read_label
-
     arr = np.asarray(read_label(path).array)
     return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr.T  # pipeline.io's W H -> the picture
 
