@@ -219,9 +219,15 @@ def test_unsupported_files_in_an_infer_folder_are_named(tmp_path):
 
 
 def test_layouts_are_a_registry_that_the_schema_offers(tmp_path, monkeypatch):
-    assert {"folders", "msd", "nnunet", "drive", "dsb2018"} <= set(LAYOUTS.names())
+    import pkgutil
+
+    import pipeline.data.layouts as layouts
+
+    # a layout is one module of pipeline.data.layouts: each registers itself when the package loads
+    modules = {m.name for m in pkgutil.iter_modules(layouts.__path__) if not m.name.startswith("_")}
+    assert modules == {"folders", "msd", "nnunet", "drive", "dsb2018"} <= set(LAYOUTS.names())
     monkeypatch.setattr(LAYOUTS, "_items", dict(LAYOUTS._items))  # register for this test only
-    from pipeline.data.readers import Dataset
+    from pipeline.data.layouts import Dataset
 
     @LAYOUTS.register("one_file")
     def read_one_file(root):

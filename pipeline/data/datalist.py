@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.data.readers import LAYOUTS, Dataset
+from pipeline.data.layouts import LAYOUTS, Dataset
 from pipeline.data.schema import data_schema
 from pipeline.data.splits import apply_split, split_cases
 from pipeline.errors import ConfigError, DataError
@@ -28,7 +28,7 @@ def read_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
 
     Raises:
         ConfigError: for a bad ``data`` section.
-        DataError: for layout problems (see :mod:`pipeline.data.readers`).
+        DataError: for layout problems (see :mod:`pipeline.data.layouts`).
     """
     cfg = _resolve(data_cfg)
     reader = LAYOUTS.get(cfg["format"])

@@ -5,7 +5,7 @@ A label file holds raw values (DRIVE's vessels are 0/255, a three-class PNG set 
 
 1. ``transforms.label_values`` when the config sets it;
 2. the values the dataset layout declares (DRIVE 0/255, DSB2018 0/1, the ``labels`` of an MSD or
-   nnU-Net ``dataset.json``; :attr:`pipeline.data.readers.Dataset.label_values`);
+   nnU-Net ``dataset.json``; :attr:`pipeline.data.layouts.Dataset.label_values`);
 3. the values found in all label files of the dataset together (:func:`dataset_label_values`,
    every file read once).
 

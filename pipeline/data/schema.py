@@ -15,7 +15,7 @@ Example YAML (DRIVE, green channel, 2D patches)::
 from __future__ import annotations
 
 from pipeline.config import Field, Section, register_section
-from pipeline.data.readers import LAYOUTS  # importing the readers registers the layouts
+from pipeline.data.layouts import LAYOUTS  # importing the package registers every layout
 
 __all__ = ["data_schema", "transforms_schema", "INTENSITY_MODES"]
 
