@@ -308,6 +308,8 @@ def read_label(path: str | os.PathLike) -> LabelImage:
     x = read_image(path)
     path = Path(path)
     data = x.numpy()
+    if data.shape[0] > 1 and file_kind(path) == "nifti":
+        raise DataError(f"{path}: label image must be 2D or 3D, got {data.shape[0]} volumes of {data.shape[1:]}")
     if data.shape[0] > 1:
         if np.any(data != data[:1]):
             mode = x.meta.get("mode", f"{data.shape[0]} channels")
@@ -320,7 +322,8 @@ def read_label(path: str | os.PathLike) -> LabelImage:
     if array.ndim not in (2, 3):
         raise DataError(f"{path}: label image must be 2D or 3D, got shape {tuple(data.shape[1:])}")
     affine = np.asarray(x.affine, dtype=np.float64)
-    spacing = tuple(float(v) for v in np.linalg.norm(affine[:ndim, :ndim], axis=0)[: array.ndim])
+    world = affine.shape[0] - 1  # rows of world coordinates: the voxel size is the length of each column
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:world, :ndim], axis=0)[: array.ndim])
     return LabelImage(
         _as_labels(array, path), spacing if nifti else (1.0,) * array.ndim, affine if nifti else None, path
     )
@@ -500,9 +503,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)  # a leftover of a killed write: its permissions must not carry over
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    # "x": created here (O_EXCL) with mode 0o666 minus the umask, as open() does, unlike mkstemp's 0o600
+    fh = open(tmp, mode.replace("w", "x"), encoding=encoding or ("utf-8" if mode == "w" else None))
     try:
-        with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as fh:
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

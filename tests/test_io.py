@@ -102,6 +102,12 @@ def test_nifti_spacing_and_checks(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(DataError, match=r"broken\.nii\.gz: cannot read"):
         read_label(tmp_path / "broken.nii.gz")
+    rotated = np.array([[0, -2.0, 0, 0], [0.5, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])  # 90 degrees about z
+    nib.save(nib.Nifti1Image(a, rotated), tmp_path / "rot.nii.gz")
+    assert read_label(tmp_path / "rot.nii.gz").spacing == pytest.approx((0.5, 2.0, 3.0))
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.uint8), affine), tmp_path / "4d.nii.gz")
+    with pytest.raises(DataError, match=r"4d\.nii\.gz: label image must be 2D or 3D, got 2 volumes"):
+        read_label(tmp_path / "4d.nii.gz")
 
 
 def test_write_label_round_trip(tmp_path):
@@ -155,6 +161,7 @@ def test_atomic_write_leaves_no_temp_file_and_the_old_file_on_failure(tmp_path, 
     target.write_text("old")
     with pytest.raises(RuntimeError, match="disk full"):
         with atomic_write(target, "w") as fh:
+            assert fh.name == str(tmp_path / ".summary.json.tmp")  # the fault-injection tests rely on the name
             fh.write("new, half written")
             raise RuntimeError("disk full")
     assert target.read_text() == "old"
