@@ -211,6 +211,10 @@ class _Image2DReader(PILReader):
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return all(file_kind(n) == "2d" for n in names)
 
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        data, meta = super().get_data(img)
+        return np.require(data, requirements="W"), meta  # Pillow's buffers are read-only; torch warns on them
+
 
 @cache
 def _reader(kind: str) -> Any:
@@ -218,8 +222,8 @@ def _reader(kind: str) -> Any:
 
 
 @cache
-def _loader() -> LoadImage:
-    return LoadImage(image_only=True, ensure_channel_first=True)
+def _loader(dtype: Any) -> LoadImage:
+    return LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
 
 
 def _first_line(err: BaseException) -> str:
@@ -227,14 +231,16 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
-def read_image(path: str | os.PathLike) -> MetaTensor:
-    """Read one image or label file as a channel-first float32 ``MetaTensor``, raw values.
+def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> MetaTensor:
+    """Read one image or label file as a channel-first ``MetaTensor`` of raw values.
 
     Layout ``C W H`` for 2D files, ``C X Y Z`` for NIfTI (see the module docstring); a grey or
     palette image has one channel, an RGB(A) image three.
 
     Args:
         path: the file.
+        dtype: the array's data type (float32, what the transform chain works in); None keeps
+            the file's own (labels, see :func:`read_label`).
 
     Returns:
         The array with MONAI's metadata (``affine``, ``spatial_shape``, ``filename_or_obj``).
@@ -254,7 +260,7 @@ def read_image(path: str | os.PathLike) -> MetaTensor:
     """
     path = check_file(path)
     try:
-        return _loader()(str(path), reader=_reader(file_kind(path)))
+        return _loader(dtype)(str(path), reader=_reader(file_kind(path)))
     except DataError:
         raise
     except Exception as err:  # nibabel / Pillow raise many types for a corrupt or truncated file
@@ -279,8 +285,13 @@ class LabelImage:
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-        raise DataError(f"{path}: label image holds non-integer values (a probability map? save class indices)")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: label image holds non-integer values (a probability map? save class indices)")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: unsupported label data type {array.dtype}")
     if array.size and array.min() < 0:
         raise DataError(f"{path}: label image holds negative values (min {array.min():g})")
     high = array.max() if array.size else 0
@@ -305,7 +316,7 @@ def read_label(path: str | os.PathLike) -> LabelImage:
         >>> label.array.tolist(), label.spacing  # raw values, W H
         ([[0], [128], [255]], (1.0, 1.0))
     """
-    x = read_image(path)
+    x = read_image(path, dtype=None)  # the file's own integers: exact, and a quarter of float32's memory
     path = Path(path)
     data = x.numpy()
     if data.shape[0] > 1 and file_kind(path) == "nifti":
