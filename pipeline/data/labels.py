@@ -132,6 +132,17 @@ def fill_label_values(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Call it once at the start of training, before the run's config is saved, so that the saved
     config holds the table and ``infer`` / ``evaluate`` reuse it.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from pipeline.io import write_image, write_label
+        >>> root = tempfile.mkdtemp()
+        >>> for case, top in (("a", 255), ("b", 128)):
+        ...     _ = write_image(f"{root}/images/{case}.png", np.zeros((4, 4), np.uint8))
+        ...     _ = write_label(f"{root}/labels/{case}.png", np.array([[0, top], [255, 0]] * 2))
+        >>> config = {"data": {"format": "folders", "root": root}, "network": {"out_channels": 3}}
+        >>> fill_label_values(config)["transforms"]["label_values"]
+        [0.0, 128.0, 255.0]
     """
     transforms = dict(config.get("transforms") or {})
     if transforms.get("label_values") is None:
