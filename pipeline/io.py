@@ -66,6 +66,7 @@ __all__ = [
     "split_suffix",
     "file_kind",
     "check_file",
+    "list_folder",
     "normalise_mode",
     "read_image",
     "read_label",
@@ -158,6 +159,21 @@ def check_file(path: str | os.PathLike) -> Path:
     if file_kind(path) is None:
         raise DataError(f"{path}: unsupported file type (expected {_EXPECTED})")
     return path
+
+
+def list_folder(folder: str | os.PathLike) -> list[Path]:
+    """The entries directly inside ``folder``, sorted, hidden ones (``.x``, macOS ``._x``) left out.
+
+    Raises:
+        DataError: the folder holds dangling symbolic links (all named), which a listing of files
+            would otherwise drop without a word.
+    """
+    folder = Path(folder)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    if dangling:
+        raise DataError(f"{folder}: {len(dangling)} dangling symbolic link(s): {list_some(dangling)}")
+    return entries
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -403,14 +419,8 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
         raise DataError(f"{folder}: not a directory")
     found: dict[str, Path] = {}
     unmatched: list[str] = []
-    dangling: list[str] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or file_kind(path) is None:
-            continue
-        if path.is_symlink() and not path.exists():
-            dangling.append(path.name)
-            continue
-        if not path.is_file():
+    for path in list_folder(folder):
+        if file_kind(path) is None or not path.is_file():
             continue
         case = split_suffix(path.name)[0]
         if pattern is not None:
@@ -422,8 +432,6 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
         if case in found:
             raise DataError(f"{folder}: {found[case].name} and {path.name} are both case {case!r}")
         found[case] = path
-    if dangling:
-        raise DataError(f"{folder}: {len(dangling)} dangling symbolic link(s): {list_some(dangling)}")
     if unmatched:
         raise DataError(
             f"{folder}: {len(unmatched)} file(s) do not match case_regex {case_regex!r}: {list_some(unmatched)}"

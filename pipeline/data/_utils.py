@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import DataError, list_some
+from pipeline.io import list_folder
 
-__all__ = ["is_hidden", "data_files", "list_some"]
+__all__ = ["is_hidden", "data_files"]
 
 
 def is_hidden(path: Path) -> bool:
@@ -21,8 +21,4 @@ def data_files(folder: Path) -> list[Path]:
         DataError: the folder holds dangling symbolic links (named), which would otherwise drop
             cases without a word.
     """
-    entries = sorted(p for p in folder.iterdir() if not is_hidden(p))
-    dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
-    if dangling:
-        raise DataError(f"{folder}: {len(dangling)} dangling symbolic link(s): {list_some(dangling)}")
-    return [p for p in entries if p.is_file()]
+    return [p for p in list_folder(folder) if p.is_file()]

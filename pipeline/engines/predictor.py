@@ -34,7 +34,16 @@ from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import autocast_dtype, predict
 from pipeline.errors import DataError, MedsegError, list_some
-from pipeline.io import SUFFIXES, atomic_write, check_file, file_kind, read_image, split_suffix, write_label
+from pipeline.io import (
+    SUFFIXES,
+    atomic_write,
+    check_file,
+    file_kind,
+    list_folder,
+    read_image,
+    split_suffix,
+    write_label,
+)
 from transforms import keys
 
 __all__ = ["Predictor", "Prediction", "run_inference", "evaluate_split", "output_name", "find_inputs"]
@@ -67,10 +76,7 @@ def find_inputs(source: str | os.PathLike) -> list[Path]:
         return [check_file(source)]
     if not source.is_dir():
         raise DataError(f"{source}: no such file or folder")
-    entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
-    dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
-    if dangling:
-        raise DataError(f"{source}: {len(dangling)} dangling symbolic link(s): {list_some(dangling)}")
+    entries = list_folder(source)
     files = [p for p in entries if p.is_file() and file_kind(p) is not None]
     skipped = [p.name for p in entries if p.is_file() and file_kind(p) is None]
     if not files:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data._utils import list_some
-from pipeline.errors import DataError
+from pipeline.errors import DataError, list_some
 from pipeline.io import split_suffix
 from transforms.keys import CASE
 
