@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, list_some
 from transforms.array import MapLabels, MeanFilter, SelectChannels, SignedDistanceMap
 from transforms.keys import CASE, DIST, FOV, IMAGE, INSTANCE, LABEL
 
@@ -76,11 +76,6 @@ class ImageReader(Protocol):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
-
-
-def _list_some(values: Sequence[object], first: int) -> str:
-    head = ", ".join(str(v) for v in values[:first])
-    return head + (f" (+{len(values) - first} more)" if len(values) > first else "")
 
 
 class LoadCased(MapTransform):
@@ -186,7 +181,7 @@ class LoadCased(MapTransform):
                 raise DataError(f"{path}: mask shape {arr.shape} differs from {paths[0]} {ids.shape}")
             values = frozenset(np.unique(arr).astype(float).tolist())
             if not any(values <= allowed for allowed in _BINARY):
-                shown = _list_some([f"{v:g}" for v in sorted(values)], 6)
+                shown = list_some([f"{v:g}" for v in sorted(values)], 6)
                 raise DataError(f"{path}: mask is not binary (values {shown}; expected 0/1 or 0/255)")
             ids[(arr > 0) & (ids == 0)] = index + 1
         return MetaTensor(torch.from_numpy(ids[None].astype(np.float32)), meta=dict(first.meta))
