@@ -104,6 +104,9 @@ def test_0_128_255_labels_are_mapped_per_dataset_without_a_phantom_class(tmp_pat
     assert rows["case1", 2]["status"] == "ok" and rows["case1", 2]["dice"] == 1.0  # 255 found, not "missed"
     assert rows["case1", 1]["status"] == "missed"
     assert all(r["status"] != "hallucinated" for r in rows.values())
+    _grey(tmp_path / "pred" / "case2.png", np.where(labels["case2"] == 128, 1, labels["case2"]))
+    with pytest.raises(DataError, match=r"case2\.png: values 1 are not among the label values \(0, 128, 255\)"):
+        evaluate_folder(tmp_path / "pred", root / "labels", tmp_path / "out2")
 
     # training decides the same table from all label files together, and maps a file without 128 with it
     only_0_255 = labels["case1"].copy()

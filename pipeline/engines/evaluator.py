@@ -2,7 +2,9 @@
 
 :class:`Evaluator` takes in-memory class-index maps one case at a time (the trainer's validation,
 inference followed by evaluation); :func:`evaluate_folder` pairs two folders of label images by case
-id and feeds them to it (``medseg evaluate --pred DIR --label DIR --output DIR``).
+id and feeds them to it (``medseg evaluate --pred DIR --label DIR --output DIR``), mapping the raw
+values of predictions and labels to classes with one table: the values of all the label files
+together (:func:`folder_label_values`), never decided per file.
 
 Outputs in ``output_dir``, written atomically (temp file + rename), never over existing files
 unless ``overwrite``:
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, list_some
 from pipeline.io import (
     CaseFiles,
     atomic_write_text,
@@ -254,6 +256,14 @@ def load_case(
 
 
 def _to_classes(table: MapLabels, array: np.ndarray, path: Path) -> np.ndarray:
+    """Raw values -> class indices with the dataset's table (the training chain's MapLabels)."""
+    unknown = sorted(set(np.unique(array).tolist()) - {int(v) for v in table.values})
+    if unknown:
+        known = ", ".join(f"{v:g}" for v in table.values)
+        raise DataError(
+            f"{path}: values {list_some(unknown)} are not among the label values ({known}) of the labels; "
+            "predictions must be written with the labels' values (medseg infer does)"
+        )
     values = MetaTensor(torch.from_numpy(array.astype(np.float32)), meta={"filename_or_obj": str(path)})
     return table(values).numpy().astype(np.int64)
 
