@@ -15,6 +15,7 @@ from pipeline.data import read_dataset
 from pipeline.data.check import check_dataset
 from pipeline.data.labels import dataset_label_values, fill_label_values
 from pipeline.data.schema import data_schema
+from pipeline.data.synth import make_dataset
 from pipeline.data.synth.vessel2d import fundus
 from pipeline.engines import factory
 from pipeline.engines import predictor as predictor_module
@@ -124,6 +125,14 @@ def test_0_128_255_labels_are_mapped_per_dataset_without_a_phantom_class(tmp_pat
         fill_label_values(_check_config(root))
 
 
+def test_declared_class_indices_fit_any_number_of_classes(tmp_path):
+    root = make_dataset("lung", tmp_path / "lung", n=2, seed=0, size=(16, 16, 16), nodules=False)
+    network = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}
+    config = {"data": {"format": "msd", "root": str(root)}, "network": network}
+    assert read_dataset(config["data"]).label_values == [0, 1, 2]  # dataset.json names a nodule class
+    assert fill_label_values(config)["transforms"]["label_values"] == [0.0, 1.0]  # lungs only: 2 classes
+
+
 # ----------------------------------------------------------------------- both evaluation routes
 
 
@@ -226,7 +235,7 @@ def test_layouts_are_a_registry_that_the_schema_offers(tmp_path, monkeypatch):
 
     import pipeline.data.layouts as layouts
 
-    # a layout is one module of pipeline.data.layouts: each registers itself when the package loads
+    # a layout is one module of pipeline.data.layouts, imported by the package: it registers itself
     modules = {m.name for m in pkgutil.iter_modules(layouts.__path__) if not m.name.startswith("_")}
     assert modules == {"folders", "msd", "nnunet", "drive", "dsb2018"} <= set(LAYOUTS.names())
     monkeypatch.setattr(LAYOUTS, "_items", dict(LAYOUTS._items))  # register for this test only

@@ -5,7 +5,8 @@ A label file holds raw values (DRIVE's vessels are 0/255, a three-class PNG set 
 
 1. ``transforms.label_values`` when the config sets it;
 2. the values the dataset layout declares (DRIVE 0/255, DSB2018 0/1, the ``labels`` of an MSD or
-   nnU-Net ``dataset.json``; :attr:`pipeline.data.layouts.Dataset.label_values`);
+   nnU-Net ``dataset.json``; :attr:`pipeline.data.layouts.Dataset.label_values`); declared values
+   ``0..n`` are class indices, so the table is ``0..K-1`` whatever ``n``;
 3. the values found in all label files of the dataset together (:func:`dataset_label_values`,
    every file read once).
 
@@ -122,7 +123,12 @@ def resolve_label_values(config: Mapping[str, Any], problems: list[str] | None =
     data = config.get("data") or {}
     dataset = read_dataset(data)
     if dataset.label_values is not None:
-        return label_table(dataset.label_values, num_classes, f"the {data.get('format')} layout's labels")
+        declared = sorted(int(v) for v in dataset.label_values)
+        if declared == list(range(len(declared))):
+            # class indices by definition (a dataset.json's labels may name classes a task leaves
+            # out): each file is checked against 0..K-1 as it loads
+            return [float(c) for c in range(num_classes)]
+        return label_table(declared, num_classes, f"the {data.get('format')} layout's labels")
     found = dataset_label_values([*dataset.items, *(dataset.test or [])], problems)
     return label_table(found, num_classes, f"the label files under {data.get('root')}")
 

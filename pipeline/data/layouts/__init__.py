@@ -11,8 +11,9 @@ a dangling symbolic link is an error that names it.
 
 Each reader is registered in :data:`pipeline.registry.LAYOUTS` under its ``data.format`` name,
 so a new layout is one new module in this package (a function taking the root folder and
-returning a :class:`Dataset`, decorated with ``@LAYOUTS.register("name")``) plus its test: every
-public module here is imported when the package is, and ``data.format`` offers every name.
+returning a :class:`Dataset`, decorated with ``@LAYOUTS.register("name")``), its name in the
+import line below (no dynamic imports: ``tests/test_security.py``), and its test; ``data.format``
+then offers it.
 
 Value conventions (see :mod:`transforms.keys`): ``image`` is one path, or a list of paths that
 are stacked as channels (nnU-Net's one file per channel); ``label`` / ``instance`` are one path,
@@ -21,15 +22,8 @@ or a list of binary masks, one per object (DSB2018), that the loader combines.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from pipeline.data.layouts import drive, dsb2018, folders, msd, nnunet  # noqa: F401  (each registers itself)
 from pipeline.data.layouts._common import Dataset
 from pipeline.registry import LAYOUTS
 
 __all__ = ["LAYOUTS", "Dataset"]
-
-# every public module of this package is a layout; importing it registers it
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
