@@ -37,6 +37,7 @@ import yaml
 
 import pipeline.sections as sections
 from pipeline.errors import ConfigError
+from pipeline.io import atomic_write_text
 from pipeline.registry import Registry
 from pipeline.schema import Component, Section
 
@@ -341,6 +342,22 @@ class Config(FrozenDict):
         """Plain nested dicts and lists (for YAML, JSON and checkpoints)."""
         return _thaw(self)
 
+    def with_label_values(self, values: Iterable[float]) -> Config:
+        """This config with ``transforms.label_values`` set to the dataset's table (one value
+        per class, as :mod:`pipeline.data.labels` decides it); nothing else is validated again.
+
+        Raises:
+            ConfigError: not one distinct value per class.
+        """
+        values = [float(v) for v in values]
+        if len(values) != self.num_classes or len(set(values)) != len(values):
+            raise ConfigError(
+                f"needs {self.num_classes} distinct values (one per class), got {values}", key="transforms.label_values"
+            )
+        data = self.to_dict()
+        data["transforms"]["label_values"] = values
+        return Config(data, self.source)
+
     def replace(self, **sections_: Mapping[str, Any]) -> Config:
         """A new resolved config with whole sections replaced (validated again: a new config).
 
@@ -551,7 +568,4 @@ def build_component(
 
 def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved config as YAML (atomically: temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_thaw(cfg), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(_thaw(cfg), sort_keys=False))

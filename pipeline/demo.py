@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError, MedsegError
+from pipeline.io import atomic_write_text, read_label
 from pipeline.registry import DEMOS
 
 __all__ = ["run_demo", "DEMOS", "config_dir"]
@@ -162,7 +163,7 @@ def run_demo(
     summary_json = json.loads((eval_dir / "summary.json").read_text())
     minutes = (time.perf_counter() - start) / 60
     report = _report(kind, summary, summary_json, overlays, out, minutes, len(test_images))
-    (out / "report.md").write_text(report, encoding="utf-8")
+    atomic_write_text(out / "report.md", report)
     dice = {c: v["dice"]["mean"] for c, v in summary_json["per_class"].items()}
     print(
         f"\ndemo finished in {minutes:.1f} min: test Dice {', '.join(f'class {c} {d:.3f}' for c, d in dice.items())}\n"
@@ -194,10 +195,8 @@ def _display_slice(path: str | os.PathLike) -> np.ndarray:
 
 
 def _label_slice(path: str | os.PathLike) -> np.ndarray:
-    from pipeline.io import read_label
-
     arr = np.asarray(read_label(path).array)
-    return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr
+    return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr.T  # pipeline.io's W H -> the picture
 
 
 def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_dir: Path, limit: int = 4) -> list[Path]:

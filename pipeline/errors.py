@@ -6,6 +6,8 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class MedsegError(Exception):
     """Base class for problems with the user's files, settings or environment."""
@@ -65,3 +67,15 @@ def one_line(err: BaseException) -> str:
         kind, sep, message = last.partition(": ")
         text = message if sep and kind.rsplit(".", 1)[-1] == type(err).__name__ else last
     return " ".join(text.split())
+
+
+def list_some(names: Iterable[object], first: int = 5) -> str:
+    """``"a, b, c (+12 more)"``: the first few names and how many were left out, for error messages.
+
+    Example:
+        >>> list_some(["a.png", "b.png", "c.png"], first=2)
+        'a.png, b.png (+1 more)'
+    """
+    names = [str(n) for n in names]
+    head = ", ".join(names[:first])
+    return head + (f" (+{len(names) - first} more)" if len(names) > first else "")

@@ -1,47 +1,294 @@
-"""Reading and writing label images, pairing label folders by case, atomic text output.
+"""The one reader and writer of images and labels: formats, axis order, label values, geometry.
 
-Formats: NIfTI (``.nii.gz``, ``.nii``) through nibabel, 2D images (``.png``, ``.gif``, ``.tif``,
-``.tiff``) through Pillow. Arrays keep the file's axis order: NIfTI ``X Y [Z]`` as nibabel gives it
-(spacing from the header zooms, in mm), images ``H W`` (spacing 1 per pixel), multi-page TIFF
-``N H W``.
+Every command reads files through this module (``train`` and ``check-data`` through the
+transform chain's loader, which is given :func:`read_image`; ``evaluate`` and ``infer`` directly),
+so a file means the same everywhere.
 
-Label conventions, applied by :func:`read_label`:
+Formats (:data:`SUFFIXES`, case-insensitive; ``.nii.gz`` is one suffix): NIfTI (``.nii``,
+``.nii.gz``) through nibabel, and 2D images (PNG, TIFF, GIF, JPEG, BMP) through Pillow, both by
+way of MONAI's readers, so a loaded image is a ``MetaTensor`` with MONAI's metadata (``affine``,
+``spatial_shape``, ``filename_or_obj``) that MONAI's ``Invertd`` and writers understand.
 
-- A 2D image file (PNG/GIF/TIFF) whose values are exactly {0, 255} is a binary mask saved for
-  viewing (DRIVE's manual annotations and FOV masks are such GIFs) and is mapped to {0, 1}. Any
-  other value set is kept as class indices, so a 0/1/2 PNG is read as three classes.
-- A palette image whose used palette entries are grey is read as those grey levels (a GIF stores
-  even a grey mask as a palette); a colour palette (VOC style) is read as the palette indices.
-- NIfTI data stored as floats must hold whole numbers; negative labels are rejected.
+Axis order (one convention for training, inference and evaluation):
+
+- NIfTI: the file's voxel axes ``X Y [Z]`` as nibabel gives them; geometry is the header's affine
+  (spacing = the lengths of its columns, in mm).
+- 2D images: MONAI's ``PILReader`` convention (``reverse_indexing=True``): a picture ``W`` pixels
+  wide and ``H`` high is the array ``W H``, i.e. ``x`` first like NIfTI, the *transpose* of
+  ``numpy.asarray(PIL.Image.open(path))``. Spacing is 1 per pixel, the affine the identity.
+  :func:`write_image` and :func:`write_label` take arrays in the same order and transpose back, so
+  a file read and written again is unchanged, and a prediction lies over its input.
+
+Values: the readers return the file's raw values, never remapped per file. Turning raw label
+values into class indices happens once per dataset, from ``transforms.label_values`` or from
+the values of all label files together (:mod:`pipeline.data.labels`).
+
+- A palette image (GIF, palette PNG) whose used palette entries are all grey is read as those
+  grey levels (a GIF stores even a grey mask as a palette, DRIVE's masks are such GIFs); a colour
+  palette (Pascal VOC style label PNGs) is read as its palette *indices*, one value per colour.
+- Bilevel (mode ``1``) images read as 0/255, grey+alpha as grey, RGBA and other colour modes as
+  RGB (three channels); 16-bit and float images keep their values.
+- A multi-page TIFF (or animated GIF) is refused with a :class:`DataError` naming the file and
+  its page count: it is neither one 2D image nor a volume with a known geometry; save 3D data
+  as NIfTI.
+
+Writes are atomic (:func:`atomic_write`): a temporary file ``.<name>.tmp`` in the target's
+folder, flushed and fsynced, then renamed over the target; the folder is fsynced after the
+rename. The file is created with mode ``0o666`` minus the umask (what ``open`` would give, not
+``mkstemp``'s ``0o600``), and it is removed on any failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import re
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+from monai.data import MetaTensor, NibabelReader, PILReader
+from monai.transforms import LoadImage
+from PIL import Image
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, list_some
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "IMAGE_2D_SUFFIXES",
+    "SUFFIXES",
+    "LabelImage",
+    "CaseFiles",
+    "split_suffix",
+    "file_kind",
+    "check_file",
+    "list_folder",
+    "normalise_mode",
+    "read_image",
+    "read_label",
+    "read_mask",
+    "label_values_of",
+    "list_label_files",
+    "pair_folders",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "write_image",
+    "write_label",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = (".png", ".gif", ".tif", ".tiff")
-LABEL_SUFFIXES = NIFTI_SUFFIXES + IMAGE_SUFFIXES
-"""File endings recognised as label images (case-insensitive); ``.nii.gz`` is one suffix."""
+IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
+SUFFIXES = NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES
+"""Every file ending this module reads (case-insensitive); ``.nii.gz`` is one suffix."""
 
-_SHOW = 5  # how many file names an error lists before "... and N more"
+_PIL_FORMATS = {
+    ".png": "PNG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+}
+_LOSSY = (".jpg", ".jpeg")
+_EXPECTED = "NIfTI .nii/.nii.gz or PNG/TIFF/GIF/JPEG/BMP"
+
+
+# ------------------------------------------------------------------------------------- names
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """Split a file name into stem and suffix, keeping ``.nii.gz`` whole.
+
+    A name without a recognised suffix splits like :class:`pathlib.Path` (``stem``, ``suffix``),
+    so ``suffix`` is ``".mha"`` for ``x.mha`` and ``""`` for ``README``; test it with
+    :func:`file_kind`.
+
+    Example:
+        >>> split_suffix("liver_003.nii.gz")
+        ('liver_003', '.nii.gz')
+        >>> split_suffix("01_manual1.GIF")
+        ('01_manual1', '.GIF')
+        >>> split_suffix("scan.mha")
+        ('scan', '.mha')
+    """
+    lower = name.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    path = Path(name)
+    return path.stem, path.suffix
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """``"nifti"``, ``"2d"``, or ``None`` for a file this module does not read (by suffix).
+
+    Example:
+        >>> file_kind("a.nii.gz"), file_kind("b.tif"), file_kind("c.mha")
+        ('nifti', '2d', None)
+    """
+    name = Path(path).name
+    suffix = split_suffix(name)[1].lower()
+    if len(name) <= len(suffix):
+        return None
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix in IMAGE_2D_SUFFIXES:
+        return "2d"
+    return None
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if it is a readable kind of file that exists.
+
+    Raises:
+        DataError: a dangling symbolic link, a missing file, a folder, or an unsupported suffix.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path}: dangling symbolic link (its target {os.readlink(path)} does not exist)")
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if file_kind(path) is None:
+        raise DataError(f"{path}: unsupported file type (expected {_EXPECTED})")
+    return path
+
+
+def list_folder(folder: str | os.PathLike) -> list[Path]:
+    """The entries directly inside ``folder``, sorted, hidden ones (``.x``, macOS ``._x``) left out.
+
+    Raises:
+        DataError: the folder holds dangling symbolic links (all named), which a listing of files
+            would otherwise drop without a word.
+    """
+    folder = Path(folder)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    if dangling:
+        raise DataError(f"{folder}: {len(dangling)} dangling symbolic link(s): {list_some(dangling)}")
+    return entries
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def normalise_mode(img: Image.Image) -> Image.Image:
+    """Return ``img`` as plain grey (``L``/``I``/``F``) or ``RGB`` values (see the module docstring).
+
+    Raises:
+        DataError: a multi-page TIFF or animated GIF (naming the file and its page count).
+
+    Example:
+        >>> grey = Image.fromarray(np.array([[0, 255]], np.uint8)).convert("P")
+        >>> normalise_mode(grey).mode, np.asarray(normalise_mode(grey)).tolist()
+        ('L', [[0, 255]])
+        >>> voc = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+        >>> voc.putpalette([0, 0, 0, 128, 0, 0])
+        >>> np.asarray(normalise_mode(voc)).tolist()  # colour palette: the indices
+        [[0, 1]]
+    """
+    pages = getattr(img, "n_frames", 1)
+    if pages > 1:
+        name = getattr(img, "filename", "") or "image"
+        raise DataError(
+            f"{name}: {pages} pages (a multi-page {img.format or 'image'}); expected one 2D image "
+            "(save a 3D volume as NIfTI)"
+        )
+    mode = img.mode
+    if mode in ("L", "I", "I;16", "I;16B", "I;16L", "F", "RGB"):
+        return img
+    if mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if mode in ("P", "PA"):
+        idx = np.asarray(img.convert("P") if mode == "PA" else img)
+        palette = np.asarray(img.getpalette() or [], dtype=np.int64)
+        palette = palette[: len(palette) // 3 * 3].reshape(-1, 3)
+        used = np.unique(idx)
+        if used.size and used.max() < len(palette) and np.all(palette[used] == palette[used, :1]):
+            return Image.fromarray(palette[:, 0].astype(np.uint8)[idx])
+        return Image.fromarray(np.ascontiguousarray(idx.astype(np.uint8)))
+    return img.convert("RGB")
+
+
+class _Image2DReader(PILReader):
+    """MONAI's ``PILReader`` for every 2D suffix of :data:`IMAGE_2D_SUFFIXES`, modes normalised."""
+
+    def __init__(self) -> None:
+        super().__init__(converter=normalise_mode, reverse_indexing=True)
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return all(file_kind(n) == "2d" for n in names)
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        data, meta = super().get_data(img)
+        return np.require(data, requirements="W"), meta  # Pillow's buffers are read-only; torch warns on them
+
+
+@cache
+def _reader(kind: str) -> Any:
+    return NibabelReader() if kind == "nifti" else _Image2DReader()
+
+
+@cache
+def _loader(dtype: Any) -> LoadImage:
+    return LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> MetaTensor:
+    """Read one image or label file as a channel-first ``MetaTensor`` of raw values.
+
+    Layout ``C W H`` for 2D files, ``C X Y Z`` for NIfTI (see the module docstring); a grey or
+    palette image has one channel, an RGB(A) image three.
+
+    Args:
+        path: the file.
+        dtype: the array's data type (float32, what the transform chain works in); None keeps
+            the file's own (labels, see :func:`read_label`).
+
+    Returns:
+        The array with MONAI's metadata (``affine``, ``spatial_shape``, ``filename_or_obj``).
+
+    Raises:
+        DataError: a missing file or dangling link, an unsupported suffix, a file that cannot be
+            read (naming it and why), a multi-page TIFF.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> picture = np.zeros((2, 3), np.uint8); picture[0, 2] = 7  # H=2 rows, W=3 columns
+        >>> Image.fromarray(picture).save(f"{folder}/x.png")
+        >>> x = read_image(f"{folder}/x.png")
+        >>> tuple(x.shape), float(x[0, 2, 0])  # C W H: column 2, row 0
+        ((1, 3, 2), 7.0)
+    """
+    path = check_file(path)
+    try:
+        return _loader(dtype)(str(path), reader=_reader(file_kind(path)))
+    except DataError:
+        raise
+    except Exception as err:  # nibabel / Pillow raise many types for a corrupt or truncated file
+        raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
 
 
 @dataclass(frozen=True)
 class LabelImage:
-    """A label image as read from disk.
+    """A label image as read from disk: raw integer values, no per-file remapping.
 
     Attributes:
-        array: integer class indices, ``H W`` or ``X Y Z`` (see the module docstring).
+        array: integer values, ``W H`` or ``X Y Z`` (see the module docstring).
         spacing: size of one pixel/voxel along each axis of ``array``, in mm (1.0 for 2D images).
         affine: the NIfTI voxel-to-world affine (4x4), or None for 2D image formats.
         path: the file it was read from.
@@ -53,6 +300,83 @@ class LabelImage:
     path: Path
 
 
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: label image holds non-integer values (a probability map? save class indices)")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: unsupported label data type {array.dtype}")
+    if array.size and array.min() < 0:
+        raise DataError(f"{path}: label image holds negative values (min {array.min():g})")
+    high = array.max() if array.size else 0
+    return array.astype(np.uint8 if high < 256 else np.int32 if high < 2**31 else np.int64)
+
+
+def read_label(path: str | os.PathLike) -> LabelImage:
+    """Read a label image (one map of integer values) with its geometry, by :func:`read_image`.
+
+    Channels that are all equal (a grey RGB PNG) are one map; a NIfTI ``X Y 1`` (a 2D label saved
+    as a volume) or with a trailing single volume is squeezed to 2D/3D.
+
+    Raises:
+        DataError: anything :func:`read_image` raises; a colour image; non-integer, negative or
+            4D labels.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> Image.fromarray(np.array([[0, 128, 255]], np.uint8)).save(f"{folder}/l.png")
+        >>> label = read_label(f"{folder}/l.png")
+        >>> label.array.tolist(), label.spacing  # raw values, W H
+        ([[0], [128], [255]], (1.0, 1.0))
+    """
+    x = read_image(path, dtype=None)  # the file's own integers: exact, and a quarter of float32's memory
+    path = Path(path)
+    data = x.numpy()
+    if data.shape[0] > 1 and file_kind(path) == "nifti":
+        raise DataError(f"{path}: label image must be 2D or 3D, got {data.shape[0]} volumes of {data.shape[1:]}")
+    if data.shape[0] > 1:
+        if np.any(data != data[:1]):
+            mode = x.meta.get("mode", f"{data.shape[0]} channels")
+            raise DataError(f"{path}: colour label image (mode {mode}); save one class value per pixel")
+    array = data[0]
+    nifti = file_kind(path) == "nifti"
+    ndim = array.ndim
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: label image must be 2D or 3D, got shape {tuple(data.shape[1:])}")
+    affine = np.asarray(x.affine, dtype=np.float64)
+    world = affine.shape[0] - 1  # rows of world coordinates: the voxel size is the length of each column
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:world, :ndim], axis=0)[: array.ndim])
+    return LabelImage(
+        _as_labels(array, path), spacing if nifti else (1.0,) * array.ndim, affine if nifti else None, path
+    )
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary mask (e.g. a DRIVE field of view): True where the file is non-zero."""
+    return read_label(path).array != 0
+
+
+def label_values_of(path: str | os.PathLike) -> set[int]:
+    """The distinct raw values of one label file (see :func:`read_label`).
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> Image.fromarray(np.array([[0, 128, 255, 0]], np.uint8)).save(f"{folder}/l.png")
+        >>> sorted(label_values_of(f"{folder}/l.png"))
+        [0, 128, 255]
+    """
+    return {int(v) for v in np.unique(read_label(path).array)}
+
+
+# ------------------------------------------------------------------------------ label folders
+
+
 @dataclass(frozen=True)
 class CaseFiles:
     """The files of one case: prediction, reference label and optional field-of-view mask."""
@@ -61,26 +385,6 @@ class CaseFiles:
     pred: Path
     label: Path
     fov: Path | None = None
-
-
-def split_suffix(name: str) -> tuple[str, str] | None:
-    """Split a file name into (stem, suffix) for a recognised label suffix, else None.
-
-    Example:
-        >>> split_suffix("liver_003.nii.gz")
-        ('liver_003', '.nii.gz')
-    """
-    lower = name.lower()
-    for suffix in LABEL_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    return None
-
-
-def _listing(names: Sequence[str]) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:_SHOW])
-    return shown if len(names) <= _SHOW else f"{shown} ... and {len(names) - _SHOW} more"
 
 
 def _compile(case_regex: str | None) -> re.Pattern[str] | None:
@@ -105,8 +409,8 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
         Case id -> path, sorted by case id.
 
     Raises:
-        DataError: the folder is missing or holds no label images, a stem does not match
-            ``case_regex``, or two files give the same case id.
+        DataError: the folder is missing or holds no label images, a dangling symbolic link, a
+            stem does not match ``case_regex``, or two files give the same case id.
         ConfigError: ``case_regex`` does not compile.
     """
     folder = Path(folder)
@@ -115,11 +419,10 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
         raise DataError(f"{folder}: not a directory")
     found: dict[str, Path] = {}
     unmatched: list[str] = []
-    for path in folder.iterdir():
-        split = split_suffix(path.name)
-        if path.name.startswith(".") or split is None or not path.is_file():
+    for path in list_folder(folder):
+        if file_kind(path) is None or not path.is_file():
             continue
-        case = split[0]
+        case = split_suffix(path.name)[0]
         if pattern is not None:
             match = pattern.search(case)
             if match is None:
@@ -131,10 +434,10 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
         found[case] = path
     if unmatched:
         raise DataError(
-            f"{folder}: {len(unmatched)} file(s) do not match case_regex {case_regex!r}: {_listing(unmatched)}"
+            f"{folder}: {len(unmatched)} file(s) do not match case_regex {case_regex!r}: {list_some(unmatched)}"
         )
     if not found:
-        raise DataError(f"{folder}: no label images ({', '.join(LABEL_SUFFIXES)})")
+        raise DataError(f"{folder}: no label images ({', '.join(SUFFIXES)})")
     return dict(sorted(found.items()))
 
 
@@ -158,133 +461,168 @@ def pair_folders(
     problems = []
     if no_pred := [labels[c].name for c in labels if c not in preds]:
         problems.append(
-            f"{len(no_pred)} label(s) in {label_dir} without a prediction in {pred_dir}: {_listing(no_pred)}"
+            f"{len(no_pred)} label(s) in {label_dir} without a prediction in {pred_dir}: {list_some(no_pred)}"
         )
     if no_label := [preds[c].name for c in preds if c not in labels]:
         problems.append(
-            f"{len(no_label)} prediction(s) in {pred_dir} without a label in {label_dir}: {_listing(no_label)}"
+            f"{len(no_label)} prediction(s) in {pred_dir} without a label in {label_dir}: {list_some(no_label)}"
         )
     if fovs is not None and (no_fov := [labels[c].name for c in labels if c not in fovs]):
-        problems.append(f"{len(no_fov)} label(s) without a FOV mask in {fov_dir}: {_listing(no_fov)}")
+        problems.append(f"{len(no_fov)} label(s) without a FOV mask in {fov_dir}: {list_some(no_fov)}")
     if problems:
         hint = "" if case_regex else " (files named differently pair by a case id: case_regex, e.g. '^(\\d+)_')"
         raise DataError("; ".join(problems) + hint)
     return [CaseFiles(c, preds[c], labels[c], fovs[c] if fovs is not None else None) for c in labels]
 
 
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise DataError(f"{path}: label image holds non-integer values (a probability map? save class indices)")
-        array = array.astype(np.int64)
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"{path}: unsupported label data type {array.dtype}")
-    if array.size and np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
-        raise DataError(f"{path}: label image holds negative values (min {array.min()})")
-    return array
+# ----------------------------------------------------------------------------------- writing
 
 
-def _pil_frame(img, path: Path) -> np.ndarray:
-    mode = img.mode
-    if mode in ("P", "PA"):
-        idx = np.asarray(img.convert("P") if mode == "PA" else img)
-        palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-        used = np.unique(idx)
-        if (
-            used.max() < len(palette)
-            and np.all(palette[used, 0] == palette[used, 1])
-            and np.all(palette[used, 1] == palette[used, 2])
-        ):
-            return palette[:, 0].astype(np.uint8)[idx]
-        return idx
-    if mode in ("RGB", "RGBA", "LA"):
-        arr = np.asarray(img)
-        colour = arr[..., :3] if mode != "LA" else arr[..., :1]
-        if np.any(colour != colour[..., :1]):
-            raise DataError(f"{path}: colour label image (mode {mode}); save one class index per pixel")
-        return colour[..., 0]
-    return np.asarray(img)
-
-
-def _read_image(path: Path) -> LabelImage:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        frames = []
-        for i in range(getattr(img, "n_frames", 1)):
-            img.seek(i)
-            frames.append(_pil_frame(img, path))
-    array = frames[0] if len(frames) == 1 else np.stack(frames)
-    array = _as_labels(array, path)
-    values = np.unique(array)
-    if len(values) == 2 and values[0] == 0 and values[1] == 255:
-        array = (array == 255).astype(np.uint8)
-    return LabelImage(array, (1.0,) * array.ndim, None, path)
-
-
-def _read_nifti(path: Path) -> LabelImage:
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    array = np.asanyarray(img.dataobj)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[: array.ndim])
-    # a 2D label saved as X Y 1 (or a 4D file with one volume) is evaluated as 2D/3D
-    while array.ndim > 2 and array.shape[-1] == 1:
-        array, zooms = array[..., 0], zooms[:-1]
-    if array.ndim not in (2, 3):
-        raise DataError(f"{path}: label image must be 2D or 3D, got shape {img.shape}")
-    return LabelImage(_as_labels(np.asarray(array), path), zooms, np.asarray(img.affine, dtype=np.float64), path)
-
-
-def read_label(path: str | os.PathLike) -> LabelImage:
-    """Read a label image (class indices) with its spacing; see the module docstring for conventions.
-
-    Raises:
-        DataError: unknown suffix, unreadable file, colour or non-integer or negative labels.
-    """
-    path = Path(path)
-    split = split_suffix(path.name)
-    if split is None:
-        raise DataError(f"{path}: unknown label file type (expected one of {', '.join(LABEL_SUFFIXES)})")
+def _fsync_dir(folder: Path) -> None:
     try:
-        return _read_nifti(path) if split[1].lower() in NIFTI_SUFFIXES else _read_image(path)
-    except DataError:
-        raise
-    except Exception as err:  # nibabel / Pillow raise many types for a corrupt or missing file
-        raise DataError(f"{path}: cannot read label image: {err}") from err
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary mask (e.g. a DRIVE field of view): True where the file is non-zero."""
-    return read_label(path).array != 0
-
-
-def _atomic_target(path: Path, suffix: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace(tmp: Path, path: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens folders (Windows)
+        return
     try:
-        os.replace(tmp, path)
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
+
+    The temporary file is ``.<name>.tmp`` in the same folder (created, with its parents, if
+    missing), made with the umask's permissions, and removed if the block raises; ``path`` is
+    then untouched. Code in the block may still rename other files (the checkpoint keeps the
+    previous one that way) before the final rename.
+
+    Args:
+        path: the target file.
+        mode: ``"wb"`` (bytes) or ``"w"`` (text).
+        encoding: text mode only; default UTF-8.
+
+    Yields:
+        The open temporary file (its ``name`` is the temporary path).
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+        >>> with atomic_write(target, "w") as fh:
+        ...     _ = fh.write("done")
+        >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+        ('done', ['out.txt'])
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    tmp = _atomic_target(path, "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a killed write: its permissions must not carry over
+    # "x": created here (O_EXCL) with mode 0o666 minus the umask, as open() does, unlike mkstemp's 0o600
+    fh = open(tmp, mode.replace("w", "x"), encoding=encoding or ("utf-8" if mode == "w" else None))
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def _nifti(array: np.ndarray, affine: np.ndarray | None, spacing: Sequence[float] | None, like: Any):
+    import nibabel as nib
+
+    if like is not None:
+        ref = nib.load(str(like))
+        header = ref.header.copy()
+        header.set_data_dtype(array.dtype)
+        header.set_slope_inter(1, 0)
+        if array.size == int(np.prod(ref.shape)):
+            array = array.reshape(ref.shape)  # a 2D prediction of an X Y 1 file gets its third axis back
+        return nib.Nifti1Image(array, ref.affine if affine is None else affine, header)
+    if affine is None:
+        affine = np.diag([*(spacing or (1.0,) * array.ndim), *(1.0,) * (4 - array.ndim)])
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def write_image(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    affine: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+    like: str | os.PathLike | None = None,
+) -> Path:
+    """Write an array atomically in the format its suffix names, in this module's axis order.
+
+    Args:
+        path: output file (:data:`SUFFIXES`).
+        array: NIfTI: ``X Y [Z]`` of any dtype nibabel stores; 2D formats: ``W H`` grey or
+            ``W H C`` with ``C`` 3 (RGB) or 4 (RGBA), uint8 (uint16 grey for PNG/TIFF).
+        affine: NIfTI only, the 4x4 voxel-to-world matrix.
+        spacing: NIfTI only, for a diagonal affine when neither ``affine`` nor ``like`` is given.
+        like: NIfTI only, a NIfTI file whose header and affine the output copies (a prediction of
+            that file overlays it).
+
+    Raises:
+        ValueError: an unknown suffix, or an array a 2D format cannot hold.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> wh = np.arange(6, dtype=np.uint8).reshape(3, 2)  # W=3, H=2
+        >>> _ = write_image(f"{folder}/a.png", wh)
+        >>> Image.open(f"{folder}/a.png").size, bool((read_image(f"{folder}/a.png")[0].numpy() == wh).all())
+        ((3, 2), True)
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    if kind is None:
+        raise ValueError(f"{path.name}: unknown image file type, expected one of {', '.join(SUFFIXES)}")
+    array = np.asarray(array)
+    suffix = split_suffix(path.name)[1].lower()
+    if kind == "nifti":
+        img = _nifti(array, affine, spacing, like)
+        with atomic_write(path) as fh:
+            if suffix == ".nii.gz":
+                with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+                    img.to_stream(gz)
+            else:
+                img.to_stream(fh)
+        return path
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"{suffix} images must be W H or W H C with C 3 or 4, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16) or (array.dtype == np.uint16 and (array.ndim == 3 or suffix == ".gif")):
+        raise ValueError(f"{suffix} images hold uint8 (or uint16 grey PNG/TIFF), got {array.dtype} {array.shape}")
+    picture = Image.fromarray(np.ascontiguousarray(np.swapaxes(array, 0, 1)))
+    options = {"compression": "tiff_deflate"} if _PIL_FORMATS[suffix] == "TIFF" else {}
+    with atomic_write(path) as fh:
+        picture.save(fh, format=_PIL_FORMATS[suffix], **options)
     return path
 
 
@@ -292,56 +630,48 @@ def write_label(
     path: str | os.PathLike,
     array: np.ndarray,
     *,
-    spacing: Sequence[float] | None = None,
     affine: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+    like: str | os.PathLike | None = None,
 ) -> Path:
-    """Write class indices atomically (temp file + rename) as NIfTI, PNG, GIF or TIFF.
+    """Write label values atomically as NIfTI, PNG, GIF, TIFF or BMP, in this module's axis order.
+
+    The smallest dtype that holds the values is used (NIfTI uint8 / int16 / int32; images uint8,
+    or uint16 for PNG/TIFF).
 
     Args:
-        path: output file; its suffix picks the format.
-        array: integer class indices, ``X Y [Z]`` for NIfTI, ``H W`` for images.
-        spacing: NIfTI only, used for a diagonal affine when ``affine`` is None.
-        affine: NIfTI only, 4x4 voxel-to-world matrix (e.g. the input image's, so the
-            prediction overlays it).
+        path: output file; its suffix picks the format (JPEG is refused: it is lossy).
+        array: integer values, ``X Y [Z]`` for NIfTI, ``W H`` for 2D formats.
+        affine, spacing, like: NIfTI geometry, as :func:`write_image`.
 
     Raises:
-        ValueError: unknown suffix, values that do not fit the format (GIF: 0..255, PNG: 0..65535),
-            or a 3D array for an image format.
+        ValueError: unknown or lossy suffix, negative values, values that do not fit the format
+            (GIF/BMP: 0..255, PNG/TIFF: 0..65535), or a 3D array for a 2D format.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> labels = np.array([[0, 255], [128, 0], [0, 0]])  # W=3, H=2
+        >>> _ = write_label(f"{folder}/l.png", labels)
+        >>> bool((read_label(f"{folder}/l.png").array == labels).all())
+        True
     """
     path = Path(path)
-    split = split_suffix(path.name)
-    if split is None:
-        raise ValueError(f"unknown label file type {path.name!r}, expected one of {LABEL_SUFFIXES}")
-    suffix = split[1].lower()
+    suffix = split_suffix(path.name)[1].lower()
+    kind = file_kind(path)
+    if kind is None or suffix in _LOSSY:
+        lossless = ", ".join(s for s in SUFFIXES if s not in _LOSSY)
+        raise ValueError(f"unknown label file type {path.name!r}, expected one of {lossless}")
     array = np.asarray(array)
     if array.size and array.min() < 0:
         raise ValueError(f"label values must be >= 0, got min {array.min()}")
     high = int(array.max()) if array.size else 0
-    tmp = _atomic_target(path, suffix)
-    try:
-        if suffix in NIFTI_SUFFIXES:
-            import nibabel as nib
-
-            if affine is None:
-                affine = np.diag([*(spacing or (1.0,) * array.ndim), *(1.0,) * (4 - array.ndim)])
-            data = array.astype(np.uint8 if high < 256 else np.int16 if high < 32768 else np.int32)
-            img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-            img.set_qform(img.affine, code=1)
-            img.set_sform(img.affine, code=1)
-            nib.save(img, str(tmp))
-        else:
-            from PIL import Image
-
-            if array.ndim != 2:
-                raise ValueError(f"{suffix} labels must be 2D (H W), got shape {array.shape}")
-            limit = 255 if suffix == ".gif" else 65535
-            if high > limit:
-                raise ValueError(f"{suffix} holds labels up to {limit}, got {high}")
-            data = array.astype(np.uint8 if high < 256 else np.uint16)
-            fmt = {".png": "PNG", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}[suffix]
-            Image.fromarray(data).save(tmp, format=fmt)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-    return path
+    if kind == "nifti":
+        data = array.astype(np.uint8 if high < 256 else np.int16 if high < 32768 else np.int32)
+        return write_image(path, data, affine=affine, spacing=spacing, like=like)
+    if array.ndim != 2:
+        raise ValueError(f"{suffix} labels must be 2D (W H), got shape {array.shape}")
+    limit = 255 if suffix in (".gif", ".bmp") else 65535
+    if high > limit:
+        raise ValueError(f"{suffix} holds labels up to {limit}, got {high}")
+    return write_image(path, array.astype(np.uint8 if high < 256 else np.uint16))

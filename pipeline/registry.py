@@ -30,6 +30,7 @@ __all__ = [
     "SCHEDULERS",
     "METRIC_REGISTRY",
     "BATCH_INPUTS",
+    "LAYOUTS",
     "SYNTH_KINDS",
     "DEMOS",
 ]
@@ -115,3 +116,4 @@ BATCH_INPUTS = Registry("batch input")
 ``(settings: transforms.chains.ChainSettings) -> MapTransform`` that computes the entry."""
 SYNTH_KINDS = Registry("synthetic kind")
 DEMOS = Registry("demo")
+LAYOUTS = Registry("dataset layout")

@@ -39,7 +39,8 @@ def test_check_data_lists_every_problem_and_exits_2(tmp_path, capsys):
     assert main(["check-data", "-c", _config(tmp_path, root)]) == 2
     out = capsys.readouterr().out
     assert "2 problem(s) in 4 case(s)" in out
-    assert "22_manual1.gif: label values {128} are not classes 0..1" in out
+    # the DRIVE layout's one table, 0/255, decides (no per-file rule)
+    assert "22_manual1.gif: label values {128} are not the configured transforms.label_values ['0', '255']" in out
     assert "01_test.tif: cannot read" in out
     # RGB where grey is expected, for every case, through --set
     assert main(["check-data", "-c", _config(tmp_path, root), "--set", "transforms.channels=null"]) == 2

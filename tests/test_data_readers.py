@@ -12,7 +12,11 @@ from _synthetic import data_cfg
 from PIL import Image
 
 from pipeline.data import load_datalist
-from pipeline.data.readers import read_drive, read_dsb2018, read_folders, read_msd, read_nnunet
+from pipeline.data.layouts.drive import read_drive
+from pipeline.data.layouts.dsb2018 import read_dsb2018
+from pipeline.data.layouts.folders import read_folders
+from pipeline.data.layouts.msd import read_msd
+from pipeline.data.layouts.nnunet import read_nnunet
 from pipeline.errors import ConfigError, DataError
 
 

@@ -14,6 +14,7 @@ from skimage.filters import threshold_otsu
 
 from pipeline.config import resolve
 from pipeline.data import load_datalist
+from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_chain
 from pipeline.data.synth import FORMAT_OF, make_dataset
 from pipeline.data.synth.vessel2d import fundus
@@ -73,10 +74,13 @@ def test_vessel2d_files_and_drive_test_split(tmp_path):
     splits = load_datalist(data_cfg({"format": "drive", "root": str(root)}))
     assert [d["case"] for d in splits["test"]] == ["01_test"] and len(splits["train"]) == 3
     cfg = {
+        "data": {"format": "drive", "root": str(root)},
         "network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2},
         "transforms": {"channels": [1]},
     }
-    d = build_chain(resolve(cfg), "val")(splits["train"][0])
+    cfg = fill_label_values(resolve(cfg))  # the DRIVE layout's table: 0/255
+    assert cfg["transforms"]["label_values"] == [0.0, 255.0]
+    d = build_chain(cfg, "val")(splits["train"][0])
     assert d["image"].shape == d["label"].shape == d["fov"].shape == (1, 64, 64)
     assert set(np.unique(d["label"])) == {0.0, 1.0}
 

@@ -132,7 +132,7 @@ def test_cli_missing_pairs_exit_2_listing_files(tmp_path, capsys):
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"), "--output", "o"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "7 label(s)" in err and "case1.gif, case2.gif, case3.gif, case4.gif, case5.gif ... and 2 more" in err
+    assert "7 label(s)" in err and "case1.gif, case2.gif, case3.gif, case4.gif, case5.gif (+2 more)" in err
     assert "1 prediction(s)" in err and "extra.png" in err
     assert err.count("\n") == 1  # one line, no traceback
 
@@ -145,7 +145,8 @@ def test_cli_shape_mismatch_names_both_files(tmp_path, capsys):
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"), "--output", "o"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "shape mismatch: prediction" in err and "(4, 5)" in err and "(4, 4)" in err and "label" in err
+    # shapes in pipeline.io's W H order: the 4-row, 5-column picture is (5, 4)
+    assert "shape mismatch: prediction" in err and "(5, 4)" in err and "(4, 4)" in err and "label" in err
 
 
 def test_cli_rejects_background_class(tmp_path, capsys):

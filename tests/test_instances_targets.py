@@ -123,11 +123,14 @@ def test_dsb2018_case_loads_into_targets(tmp_path):
     from pipeline.data.synth import make_dataset
     from pipeline.instances.metrics import match
     from pipeline.instances.postprocess import instances_from_classes
+    from pipeline.io import read_image
     from transforms.dictionary import LoadCased
 
     root = make_dataset("cell", tmp_path / "dsb", n=2, size=64, seed=0)
     item = load_datalist(data_cfg({"format": "dsb2018", "root": str(root), "val_fraction": 0.5}))["train"][0]
-    data = InstanceTargetsd("instance")(LoadCased()(item))  # masks/*.png -> id map -> 3 classes in `label`
+    data = InstanceTargetsd("instance")(
+        LoadCased(reader=read_image)(item)
+    )  # masks/*.png -> id map -> 3 classes in `label`
     classes = data["label"][0].numpy().astype(int)
     ids = data["instance"][0].numpy().astype(int)
     assert set(np.unique(classes)) == {0, 1, 2} and ids.max() >= 2

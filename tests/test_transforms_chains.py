@@ -13,12 +13,13 @@ from scipy import ndimage
 from pipeline.config import resolve
 from pipeline.data.loaders import chain_settings
 from pipeline.errors import ConfigError, DataError
+from pipeline.io import read_image
 from transforms.chains import build_transforms
 
 
 def build(cfg, mode, inputs=()):
     """The chain the pipeline builds for a (partial) config."""
-    return build_transforms(chain_settings(resolve(cfg), inputs), mode)
+    return build_transforms(chain_settings(resolve(cfg), inputs), mode, reader=read_image)
 
 
 NET2D = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}
@@ -63,7 +64,13 @@ def case3d(tmp_path):
 def test_2d_train_crops_keep_image_label_and_dist_aligned(case2d):
     cfg = {
         "network": NET2D,
-        "transforms": {"patch_size": [32, 32], "num_samples": 3, "intensity": {"mode": "none"}, "augment": ALL_SPATIAL},
+        "transforms": {
+            "patch_size": [32, 32],
+            "num_samples": 3,
+            "intensity": {"mode": "none"},
+            "augment": ALL_SPATIAL,
+            "label_values": [0, 255],  # the dataset's table (no per-file 0/255 rule any more)
+        },
     }
     chain = build(cfg, "train", inputs=("dist",))
     chain.set_random_state(0)

@@ -185,9 +185,10 @@ class MapLabels(Transform):
     would reach the loss as class 128; here it is a :class:`DataError` naming the file.
 
     Args:
-        values: raw value of each class, in class order (``[0, 255]`` maps 255 to class 1).
-            ``None``: values must already be ``0..num_classes-1``, except that a binary task
-            (``num_classes == 2``) also accepts 0/255 masks.
+        values: raw value of each class, in class order (``[0, 255]`` maps 255 to class 1):
+            one table for the whole dataset (``transforms.label_values``, or the values of all
+            label files together, :func:`pipeline.data.labels.resolve_label_values`), never
+            decided per file. ``None``: values must already be ``0..num_classes-1``.
         num_classes: number of classes, background included.
 
     Raises:
@@ -217,8 +218,6 @@ class MapLabels(Transform):
         values = self.values
         if values is None:
             values = [float(v) for v in range(self.num_classes)]
-            if self.num_classes == 2 and not bool(torch.isin(t, torch.tensor([0.0, 1.0], dtype=t.dtype)).all()):
-                values = [0.0, 255.0]
         known = torch.tensor(values, dtype=t.dtype, device=t.device)
         ok = torch.isin(t, known)
         if not bool(ok.all()):
@@ -227,9 +226,7 @@ class MapLabels(Transform):
             want = (
                 f"the configured transforms.label_values {[f'{v:g}' for v in self.values]}"
                 if self.values is not None
-                else f"classes 0..{self.num_classes - 1}"
-                + (" (or a 0/255 mask)" if self.num_classes == 2 else "")
-                + "; set transforms.label_values to map raw values"
+                else f"classes 0..{self.num_classes - 1}; set transforms.label_values to map raw values"
             )
             raise DataError(f"{source_of(label)}: label values {{{shown}}} are not {want}")
         out = torch.zeros_like(t)

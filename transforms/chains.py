@@ -7,7 +7,7 @@ One chain per mode, for 2D and 3D::
     -> SelectChannelsd (transforms.channels, e.g. DRIVE's green [1])
     -> [train] CropForegroundd (transforms.crop_foreground)
     -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
-    -> MapLabelsd (label values -> classes, strict; fov -> 0/1)            [train, val]
+    -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
@@ -32,8 +32,8 @@ mode). After sliding-window inference on ``d["image"]``::
               separate_folder=False, output_dtype=np.uint8)(d["pred"])
 
 ``Invertd`` undoes spacing and orientation, so the NIfTI gets the input's shape and affine. 2D
-files are loaded with MONAI's PIL convention (spatial axes ``W, H``) and MONAI's ``PILWriter``
-transposes back, so the PNG lies over the input (see :mod:`transforms.io`).
+files are loaded by the injected reader in MONAI's PIL convention (spatial axes ``W, H``; see
+:mod:`pipeline.io`) and MONAI's ``PILWriter`` transposes back, so the PNG lies over the input.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     CropForegroundd,
     DeleteItemsd,
@@ -70,7 +71,7 @@ from monai.transforms import (
 
 from pipeline.errors import DataError
 from pipeline.registry import BATCH_INPUTS
-from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
+from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
 
 __all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES"]
@@ -247,6 +248,8 @@ def _augment(s: ChainSettings, keys: list[str]) -> list[Transform]:
 def build_transforms(
     settings: ChainSettings,
     mode: str,
+    *,
+    reader: ImageReader,
 ) -> Chain:
     """Build the transform chain for ``mode``.
 
@@ -254,6 +257,9 @@ def build_transforms(
         settings: the chain's settings (:class:`ChainSettings`).
         mode: ``"train"`` (random crops and augmentation), ``"val"`` (deterministic, whole
             images, label kept) or ``"infer"`` (image only, invertible; see the module docstring).
+        reader: reads one file for :class:`~transforms.dictionary.LoadCased`
+            (:class:`~transforms.dictionary.ImageReader`; the pipeline passes
+            :func:`pipeline.io.read_image`).
 
     Returns:
         A :class:`Chain` (a MONAI ``Compose`` that raises :class:`DataError` unwrapped); in train
@@ -265,9 +271,10 @@ def build_transforms(
         ValueError: for an unknown ``mode`` or an unregistered batch input.
 
     Example:
+        >>> from pipeline.io import read_image
         >>> s = ChainSettings(2, 1, 2, (32, 32), None, None, None, {"mode": "none"}, None,
         ...                   {"enabled": False}, 1, 1.0, {})
-        >>> build_transforms(s, "val").transforms[-1].__class__.__name__
+        >>> build_transforms(s, "val", reader=read_image).transforms[-1].__class__.__name__
         'EnsureTyped'
     """
     if mode not in MODES:
@@ -279,6 +286,7 @@ def build_transforms(
     chain: list[Any] = [
         LoadCased(
             loaded,
+            reader=reader,
             spatial_dims=dims,
             image_channels=s.in_channels if s.channels is None else None,
             required=[IMAGE] if mode == "infer" else [IMAGE, LABEL],
@@ -306,7 +314,7 @@ def build_transforms(
     chain += _intensity(s)
     if mode != "infer":
         chain.append(MapLabelsd(LABEL, s.label_values, s.num_classes))
-        chain.append(MapLabelsd(FOV, None, 2, allow_missing_keys=True))
+        chain.append(AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True))  # a mask: inside where non-zero
     if mode == "train":
         keys = loaded
         patch = s.patch_size

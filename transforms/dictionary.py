@@ -6,26 +6,25 @@ signed distance maps.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
-from pipeline.data._utils import list_some
-from pipeline.errors import DataError
+from pipeline.errors import DataError, list_some
 from pipeline.registry import BATCH_INPUTS
 from transforms.array import MapLabels, MeanFilter, SelectChannels, SignedDistanceMap
-from transforms.io import Image2DReader, file_kind, nifti_reader
 from transforms.keys import CASE, DIST, FOV, IMAGE, INSTANCE, LABEL
 
-__all__ = ["MeanFilterd", "LoadCased", "SelectChannelsd", "MapLabelsd", "SignedDistanceMapd"]
+__all__ = ["MeanFilterd", "ImageReader", "LoadCased", "SelectChannelsd", "MapLabelsd", "SignedDistanceMapd"]
 
 # ============================================================================ mean filter (data helper)
 
@@ -55,6 +54,26 @@ class MeanFilterd(MapTransform):
 _BINARY = (frozenset({0.0, 1.0}), frozenset({0.0, 255.0}))
 
 
+@runtime_checkable
+class ImageReader(Protocol):
+    """What :class:`LoadCased` reads files with (the pipeline passes :func:`pipeline.io.read_image`).
+
+    Called with one path; returns that file as a channel-first ``MetaTensor`` ``C *spatial``
+    (2D files ``C W H``, NIfTI ``C X Y Z``) of raw values, with MONAI's metadata (``affine``,
+    ``filename_or_obj``) so that orientation, spacing and ``Invertd`` work. A bad file (missing,
+    unsupported, unreadable) raises :class:`~pipeline.errors.DataError` naming it; any other
+    exception is reported by :class:`LoadCased` as an unreadable file.
+
+    Example:
+        >>> def read_zeros(path):
+        ...     return MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": str(path)})
+        >>> isinstance(read_zeros, ImageReader)
+        True
+    """
+
+    def __call__(self, path: str | os.PathLike, /) -> MetaTensor: ...
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
@@ -63,12 +82,12 @@ def _first_line(err: BaseException) -> str:
 class LoadCased(MapTransform):
     """Load the files of one datalist item into channel-first ``MetaTensor`` s, and check them.
 
-    Wraps MONAI's ``LoadImage`` (nibabel for NIfTI, :class:`transforms.io.Image2DReader` for
-    PNG/TIFF/GIF/JPEG/BMP; ``ensure_channel_first``; float32) and adds what it lacks: every
-    failure is a :class:`DataError` naming the file and the problem, and the loaded arrays are
-    checked before any transform can trip over them:
+    Files are read by the injected ``reader`` (:class:`ImageReader`; the pipeline passes
+    :func:`pipeline.io.read_image`, so training, checks, inference and evaluation read a file the
+    same way). Every failure is a :class:`DataError` naming the file and the problem, and the
+    loaded arrays are checked before any transform can trip over them:
 
-    - unreadable, truncated or missing file; unsupported suffix;
+    - unreadable, truncated or missing file; unsupported suffix (from the reader);
     - wrong number of spatial dims (a 4D volume or a 2D slice where 3D is expected);
     - an image with the wrong number of channels (``image_channels``), NaN or Inf intensities;
     - a label / fov / instance map with more than one distinct channel (RGB where grey is
@@ -80,8 +99,12 @@ class LoadCased(MapTransform):
     become an id map (0 = background, mask ``i`` → ``i + 1``; where masks overlap the first
     wins), other keys the union (0/1). A mask with other values is a :class:`DataError`.
 
+    Values are the files' raw values: mapping labels to classes is :class:`MapLabelsd`'s job,
+    with one table for the whole dataset.
+
     Args:
         keys: keys to load; absent keys are skipped unless listed in ``required``.
+        reader: reads one file (:class:`ImageReader`).
         spatial_dims: 2 or 3.
         image_channels: channels the image must have after loading, or ``None`` for any.
         required: keys that every item must have.
@@ -93,6 +116,8 @@ class LoadCased(MapTransform):
     def __init__(
         self,
         keys: KeysCollection = (IMAGE, LABEL, FOV, INSTANCE),
+        *,
+        reader: ImageReader,
         spatial_dims: int = 2,
         image_channels: int | None = None,
         required: Sequence[str] = (IMAGE,),
@@ -101,63 +126,58 @@ class LoadCased(MapTransform):
         instance_keys: Sequence[str] = (INSTANCE,),
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
+        if not callable(reader):
+            raise TypeError(f"reader must be callable (path -> MetaTensor), got {type(reader).__name__}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if image_channels is not None and (not isinstance(image_channels, int) or image_channels < 1):
             raise ValueError(f"image_channels must be a positive int or None, got {image_channels!r}")
+        self.reader = reader
         self.spatial_dims = spatial_dims
         self.image_channels = image_channels
         self.required = tuple(required)
         self.image_key = image_key
         self.mask_keys = tuple(mask_keys)
         self.instance_keys = tuple(instance_keys)
-        self._reader_2d = Image2DReader()
-        self._loaders = {
-            "nifti": LoadImage(reader=nifti_reader(), image_only=True, ensure_channel_first=True),
-            "2d": LoadImage(reader=self._reader_2d, image_only=True, ensure_channel_first=True),
-        }
 
     # -- reading
 
-    def _loader(self, path: Any) -> LoadImage:
-        kind = file_kind(path)
-        if kind is None:
-            raise DataError(f"{path}: unsupported file type (expected NIfTI .nii/.nii.gz or PNG/TIFF/GIF/JPEG/BMP)")
-        return self._loaders[kind]
+    def _read_one(self, path: Any) -> MetaTensor:
+        try:
+            x = self.reader(path)
+        except DataError:
+            raise
+        except Exception as err:  # a reader failure is a bad file
+            raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+        if not isinstance(x, MetaTensor):
+            x = MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": str(path)})
+        return x
 
     def _read(self, paths: Any) -> MetaTensor:
         names = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        for name in names:
-            if not Path(name).is_file():
-                raise DataError(f"{name}: file not found")
-        loader = self._loader(names[0])
-        try:
-            return loader(names if len(names) > 1 else names[0])
-        except DataError:
-            raise
-        except Exception as err:  # any reader failure is a bad file; find which one
-            if len(names) > 1:
-                for name in names:
-                    self._read(name)
-            if "suitable reader" in str(err):  # MONAI tried every reader and hides why each failed
-                kind = "NIfTI" if file_kind(names[0]) == "nifti" else "image"
-                raise DataError(f"{names[0]}: cannot read (not a {kind} file, or its header is truncated)") from err
-            raise DataError(f"{names[0]}: cannot read ({_first_line(err)})") from err
+        if not names:
+            raise DataError("empty list of files")
+        parts = [self._read_one(name) for name in names]
+        if len(parts) == 1:
+            return parts[0]
+        for name, part in zip(names[1:], parts[1:], strict=True):
+            if part.shape[1:] != parts[0].shape[1:]:
+                raise DataError(
+                    f"{name}: shape {tuple(part.shape[1:])} differs from {names[0]} {tuple(parts[0].shape[1:])}"
+                )
+        return MetaTensor(torch.cat([p.as_tensor() for p in parts]), meta=dict(parts[0].meta))
 
     def _read_masks(self, paths: Sequence[Any]) -> MetaTensor:
         """Per-object binary masks → id map ``1 H W [D]`` (mask ``i`` → ``i + 1``, first wins)."""
         if not paths:
             raise DataError("empty list of mask files")
-        first = self._read(paths[0])
+        first = self._read_one(paths[0])
         ids = np.zeros(first.shape[1:], dtype=np.int32)
         for index, path in enumerate(paths):
-            if self._loader(path) is self._loaders["2d"]:
-                try:
-                    arr = np.asarray(self._reader_2d.get_data(self._reader_2d.read(str(path)))[0])
-                except Exception as err:
-                    raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
-            else:
-                arr = np.asarray(self._read(path))[0]
+            arr = np.asarray(first if index == 0 else self._read_one(path))
+            if arr.shape[0] > 1 and np.any(arr != arr[:1]):
+                raise DataError(f"{path}: mask has {arr.shape[0]} different channels; expected one binary mask")
+            arr = arr[0]
             if arr.shape != ids.shape:
                 raise DataError(f"{path}: mask shape {arr.shape} differs from {paths[0]} {ids.shape}")
             values = frozenset(np.unique(arr).astype(float).tolist())

@@ -5,7 +5,7 @@ these names, so a loss, the trainer or a metric can find what it needs in a batc
 configuration. Layouts are written channel first, ``C`` channels, spatial ``H W [D]``; a batch
 adds a leading ``B``.
 
-Datalist values (before loading, see :mod:`pipeline.data.readers`): a path, or a list of paths.
+Datalist values (before loading, see :mod:`pipeline.data.layouts`): a path, or a list of paths.
 A list under ``image`` is stacked as channels (nnU-Net's one file per channel); a list under
 ``label`` / ``instance`` / ``fov`` holds one binary mask per object (DSB2018), which
 :class:`transforms.dictionary.LoadCased` turns into a union (``label``) or an id map

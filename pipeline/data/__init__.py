@@ -8,7 +8,7 @@ Public entry points: :func:`load_datalist` (config → train/val/test datalists)
 from __future__ import annotations
 
 from pipeline.data.datalist import load_datalist, read_dataset
-from pipeline.data.readers import READERS, Dataset
+from pipeline.data.layouts import LAYOUTS, Dataset
 from pipeline.data.splits import fisher_yates, kfold, split_cases
 
-__all__ = ["load_datalist", "read_dataset", "READERS", "Dataset", "split_cases", "kfold", "fisher_yates"]
+__all__ = ["load_datalist", "read_dataset", "LAYOUTS", "Dataset", "split_cases", "kfold", "fisher_yates"]

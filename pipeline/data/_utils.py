@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
-SUFFIXES = NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES
+from pipeline.io import list_folder
 
-
-def list_some(names: Iterable[object], first: int = 5) -> str:
-    """``"a, b, c (+12 more)"``: the first few names and how many were left out."""
-    names = [str(n) for n in names]
-    head = ", ".join(names[:first])
-    return head + (f" (+{len(names) - first} more)" if len(names) > first else "")
-
-
-def split_suffix(name: str) -> tuple[str, str]:
-    """Split a file name into stem and suffix, keeping compound suffixes (``x.nii.gz`` → ``x``, ``.nii.gz``)."""
-    lower = name.lower()
-    for suffix in SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    path = Path(name)
-    return path.stem, path.suffix
+__all__ = ["is_hidden", "data_files"]
 
 
 def is_hidden(path: Path) -> bool:
@@ -33,5 +15,10 @@ def is_hidden(path: Path) -> bool:
 
 
 def data_files(folder: Path) -> list[Path]:
-    """The sorted data files directly inside ``folder`` (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p))
+    """The sorted data files directly inside ``folder`` (hidden files skipped).
+
+    Raises:
+        DataError: the folder holds dangling symbolic links (named), which would otherwise drop
+            cases without a word.
+    """
+    return [p for p in list_folder(folder) if p.is_file()]

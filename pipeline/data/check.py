@@ -12,9 +12,14 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from monai.transforms import AsDiscreted
+
 from pipeline.config import Config, load_config
 from pipeline.data.datalist import load_datalist
+from pipeline.data.labels import resolve_label_values
 from pipeline.data.loaders import chain_settings
+from pipeline.errors import DataError
+from pipeline.io import read_image
 from transforms.chains import Chain, find_data_error
 from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import CASE, FOV, IMAGE, INSTANCE, LABEL
@@ -27,6 +32,7 @@ def _check_chain(config: Config) -> Chain:
     steps: list[Any] = [
         LoadCased(
             [IMAGE, LABEL, FOV, INSTANCE],
+            reader=read_image,
             spatial_dims=s.spatial_dims,
             image_channels=s.in_channels if s.channels is None else None,
             required=[IMAGE, LABEL],
@@ -36,7 +42,7 @@ def _check_chain(config: Config) -> Chain:
         steps.append(SelectChannelsd(IMAGE, s.channels))
     steps += [
         MapLabelsd(LABEL, s.label_values, s.num_classes),
-        MapLabelsd(FOV, None, 2, allow_missing_keys=True),
+        AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True),  # a mask: inside where non-zero
     ]
     return Chain(steps)
 
@@ -52,8 +58,16 @@ def check_dataset(config: Config) -> tuple[int, list[str]]:
 
     Raises:
         ConfigError: for bad settings.
-        DataError: for a layout problem that prevents listing the cases at all.
+        DataError: for a layout problem that prevents listing the cases at all (a dangling
+            symbolic link among them), or label values that do not fit the classes.
     """
+    if config.label_values is None:
+        unreadable: list[str] = []  # reported below, by the case that holds the file
+        try:  # the one table of the dataset, as training decides it (pipeline.data.labels)
+            config = config.with_label_values(resolve_label_values(config, unreadable))
+        except DataError:
+            if not unreadable:
+                raise
     chain = _check_chain(config)
     splits = load_datalist(config["data"])
     problems: list[str] = []

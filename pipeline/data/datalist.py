@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.data.readers import READERS, Dataset
+from pipeline.data.layouts import LAYOUTS, Dataset
 from pipeline.data.splits import apply_split, split_cases
 from pipeline.errors import ConfigError, DataError
 
@@ -27,10 +27,10 @@ def read_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
 
     Raises:
         ConfigError: ``data.root`` is not set.
-        DataError: for layout problems (see :mod:`pipeline.data.readers`).
+        DataError: for layout problems (see :mod:`pipeline.data.layouts`).
     """
     cfg = _require_root(data_cfg)
-    reader = READERS[cfg["format"]]
+    reader = LAYOUTS.get(cfg["format"])
     if cfg["format"] == "folders":
         return reader(cfg["root"], cfg["image_dir"], cfg["label_dir"], cfg["label_suffix"], cfg["pattern"])
     return reader(cfg["root"])

@@ -21,6 +21,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.io import read_image
 from transforms.chains import Chain, ChainSettings, build_transforms
 
 __all__ = ["chain_settings", "build_chain", "make_dataset", "build_loaders", "shard", "auto_workers", "cpu_count"]
@@ -55,7 +56,7 @@ def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
 def build_chain(config: Config, mode: str, loss: torch.nn.Module | None = None) -> Chain:
     """The chain for ``mode``; in train mode with the batch inputs ``loss`` declares."""
     inputs = tuple(getattr(loss, "extra_inputs", ())) if loss is not None and mode == "train" else ()
-    return build_transforms(chain_settings(config, inputs), mode)
+    return build_transforms(chain_settings(config, inputs), mode, reader=read_image)
 
 
 def cpu_count() -> int:

@@ -14,12 +14,12 @@ Example YAML (DRIVE, green channel, 2D patches)::
 
 from __future__ import annotations
 
+from pipeline.data.layouts import LAYOUTS  # importing the package registers every layout
 from pipeline.errors import ConfigError
 from pipeline.schema import Field, Section
 
-__all__ = ["data_schema", "transforms_schema", "FORMATS", "INTENSITY_MODES"]
+__all__ = ["data_schema", "transforms_schema", "INTENSITY_MODES"]
 
-FORMATS = ("folders", "msd", "nnunet", "drive", "dsb2018")
 INTENSITY_MODES = ("zscore", "window", "minmax", "none")
 
 
@@ -27,7 +27,7 @@ def data_schema() -> Section:
     """Schema of the ``data`` section."""
     return Section(
         {
-            "format": Field(str, "folders", choices=FORMATS, help="dataset layout on disk"),
+            "format": Field(str, "folders", choices=tuple(LAYOUTS.names()), help="dataset layout on disk"),
             "root": Field(str, None, nullable=True, help="dataset folder (required to load data)"),
             "image_dir": Field(str, "images", help="folders layout: image folder under root"),
             "label_dir": Field(str, "labels", help="folders layout: label folder under root"),

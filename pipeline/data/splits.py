@@ -18,8 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pipeline.data._utils import list_some
-from pipeline.errors import DataError
+from pipeline.errors import DataError, list_some
 
 __all__ = ["Pcg32", "fisher_yates", "split_cases", "kfold", "apply_split"]
 

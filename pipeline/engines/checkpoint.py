@@ -20,6 +20,7 @@ import torch
 
 from pipeline.config import plain
 from pipeline.errors import MedsegError
+from pipeline.io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT"]
 
@@ -40,15 +41,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
     path = Path(path)
     if "config" in state:  # a resolved (read-only) config is stored as plain dicts and lists
         state = {**state, "config": plain(state["config"])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
     return path
 
 

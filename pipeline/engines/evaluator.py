@@ -2,7 +2,9 @@
 
 :class:`Evaluator` takes in-memory class-index maps one case at a time (the trainer's validation,
 inference followed by evaluation); :func:`evaluate_folder` pairs two folders of label images by case
-id and feeds them to it (``medseg evaluate --pred DIR --label DIR --output DIR``).
+id and feeds them to it (``medseg evaluate --pred DIR --label DIR --output DIR``), mapping the raw
+values of predictions and labels to classes with one table: the values of all the label files
+together (:func:`folder_label_values`), never decided per file.
 
 Outputs in ``output_dir``, written atomically (temp file + rename), never over existing files
 unless ``overwrite``:
@@ -27,10 +29,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
 
-from pipeline.errors import DataError
-from pipeline.io import CaseFiles, atomic_write_text, pair_folders, read_label, read_mask
+from pipeline.errors import DataError, list_some
+from pipeline.io import (
+    CaseFiles,
+    atomic_write_text,
+    label_values_of,
+    list_label_files,
+    pair_folders,
+    read_label,
+    read_mask,
+)
 from pipeline.metrics import BOTH_EMPTY, METRICS, STATUSES, check_metrics, empty_result, evaluate_case
+from transforms.array import MapLabels
 
 PER_CASE_CSV = "per_case.csv"
 SUMMARY_JSON = "summary.json"
@@ -207,11 +220,19 @@ def _mean_std(metric: str, mean: float, std: float | None) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
-def load_case(files: CaseFiles) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray | None]:
+def load_case(
+    files: CaseFiles, label_values: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray | None]:
     """Read one case's prediction, label (its spacing is used) and FOV, checking their shapes.
 
+    Args:
+        files: the case's files.
+        label_values: the raw value of each class (the dataset's one table), applied to the
+            prediction and the label alike; None keeps the raw values as class indices.
+
     Raises:
-        DataError: unreadable files or shapes that differ (naming both files and shapes).
+        DataError: unreadable files, shapes that differ (naming both files and shapes), values
+            that are not in ``label_values``.
     """
     pred, label = read_label(files.pred), read_label(files.label)
     if pred.array.shape != label.array.shape:
@@ -231,7 +252,37 @@ def load_case(files: CaseFiles) -> tuple[np.ndarray, np.ndarray, tuple[float, ..
             raise DataError(
                 f"shape mismatch: FOV mask {files.fov} is {fov.shape}, label {files.label} is {label.array.shape}"
             )
-    return pred.array, label.array, label.spacing, fov
+    if label_values is None:
+        return pred.array, label.array, label.spacing, fov
+    table = MapLabels(label_values, len(label_values))
+    classes = [_to_classes(table, x.array, x.path) for x in (pred, label)]
+    return classes[0], classes[1], label.spacing, fov
+
+
+def _to_classes(table: MapLabels, array: np.ndarray, path: Path) -> np.ndarray:
+    """Raw values -> class indices with the dataset's table (the training chain's MapLabels)."""
+    unknown = sorted(set(np.unique(array).tolist()) - {int(v) for v in table.values})
+    if unknown:
+        known = ", ".join(f"{v:g}" for v in table.values)
+        raise DataError(
+            f"{path}: values {list_some(unknown)} are not among the label values ({known}) of the labels; "
+            "predictions must be written with the labels' values (medseg infer does)"
+        )
+    values = MetaTensor(torch.from_numpy(array.astype(np.float32)), meta={"filename_or_obj": str(path)})
+    return table(values).numpy().astype(np.int64)
+
+
+def folder_label_values(label_dir: str | os.PathLike, case_regex: str | None = None) -> list[float]:
+    """The one table of raw label values of a folder of labels: every file's values together.
+
+    Background 0 is always a class; a folder whose labels are all background is read as a
+    binary task (0 and 1).
+    """
+    found = {0}
+    for path in list_label_files(label_dir, case_regex).values():
+        found |= label_values_of(path)
+    table = sorted(float(v) for v in found)
+    return table if len(table) > 1 else [0.0, 1.0]
 
 
 def evaluate_folder(
@@ -244,6 +295,7 @@ def evaluate_folder(
     nsd_tolerance: float = 1.0,
     metrics: Iterable[str] | None = None,
     case_regex: str | None = None,
+    label_values: Sequence[float] | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Evaluator:
@@ -258,6 +310,10 @@ def evaluate_folder(
         case_regex: how case ids are taken from file names (:func:`pipeline.io.list_label_files`);
             None pairs identical stems. DRIVE: ``r"^(\\d+)_"`` pairs ``01_test.png``,
             ``01_manual1.gif`` and ``01_test_mask.gif``.
+        label_values: the raw label value of each class (the run's ``transforms.label_values``);
+            None: the values found in all of ``label_dir``'s files together, sorted (0/255
+            labels: 255 is class 1; 0/128/255: classes 1 and 2). Predictions and labels are mapped
+            with that one table, never per file.
         overwrite: replace existing outputs.
         progress: show a progress bar on stderr.
 
@@ -271,9 +327,10 @@ def evaluate_folder(
 
     check_outputs(output_dir, overwrite)
     pairs = pair_folders(pred_dir, label_dir, fov_dir, case_regex)
+    table = list(label_values) if label_values is not None else folder_label_values(label_dir, case_regex)
     evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=metrics)
     for files in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        pred, label, spacing, fov = load_case(files)
+        pred, label, spacing, fov = load_case(files, table)
         evaluator.add(files.case, pred, label, spacing, fov)
     evaluator.write(output_dir, overwrite=overwrite)
     return evaluator

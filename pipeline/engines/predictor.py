@@ -16,6 +16,7 @@ e.g. 0/255 for DRIVE), so a prediction looks like the dataset's own labels.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,52 +29,66 @@ from monai.transforms import Invertd
 from tqdm.auto import tqdm
 
 from pipeline.config import Config, load_config, resolve
+from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_chain
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
-from pipeline.errors import DataError, MedsegError
+from pipeline.errors import DataError, MedsegError, list_some
+from pipeline.io import (
+    SUFFIXES,
+    atomic_write,
+    check_file,
+    file_kind,
+    list_folder,
+    read_image,
+    split_suffix,
+    write_label,
+)
 from transforms import keys
 
 __all__ = ["Predictor", "Prediction", "run_inference", "evaluate_split", "output_name", "find_inputs"]
 
-NIFTI = (".nii.gz", ".nii")
-IMAGES_2D = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
-
-
-def _suffix(path: str | os.PathLike) -> str:
-    name = Path(path).name.lower()
-    for suffix in NIFTI + IMAGES_2D:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
 
 def output_name(path: str | os.PathLike) -> str:
-    """The prediction's file name: NIfTI keeps its name, 2D images become ``<stem>.png``."""
+    """The prediction's file name: NIfTI keeps its name, 2D images become ``<stem>.png``.
+
+    Example:
+        >>> output_name("case_01.nii.gz"), output_name("21_training.tif")
+        ('case_01.nii.gz', '21_training.png')
+    """
     name = Path(path).name
-    suffix = _suffix(path)
-    if suffix in NIFTI:
+    if file_kind(path) == "nifti":
         return name
-    return name[: len(name) - len(suffix)] + ".png"
+    return split_suffix(name)[0] + ".png"
 
 
 def find_inputs(source: str | os.PathLike) -> list[Path]:
     """Image files of a file or a folder (sorted; hidden and macOS ``._`` files skipped).
 
+    Files of a folder that this tool does not read (``.mha``, ``.txt``) are skipped with a
+    warning that names them; a dangling symbolic link is an error.
+
     Raises:
-        DataError: nothing usable there.
+        DataError: nothing usable there, a dangling link, or two inputs with the same output name.
     """
     source = Path(source)
-    if source.is_file():
-        if not _suffix(source):
-            raise DataError(f"{source}: not an image this tool reads ({', '.join(NIFTI + IMAGES_2D)})")
-        return [source]
+    if source.is_file() or source.is_symlink():
+        return [check_file(source)]
     if not source.is_dir():
         raise DataError(f"{source}: no such file or folder")
-    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p))
+    entries = list_folder(source)
+    files = [p for p in entries if p.is_file() and file_kind(p) is not None]
+    skipped = [p.name for p in entries if p.is_file() and file_kind(p) is None]
     if not files:
-        raise DataError(f"{source}: no images found ({', '.join(NIFTI + IMAGES_2D)})")
+        found = f"; found only {list_some(skipped)}" if skipped else ""
+        raise DataError(f"{source}: no images found ({', '.join(SUFFIXES)}){found}")
+    if skipped:
+        warnings.warn(
+            f"{source}: skipping {len(skipped)} file(s) of a type this tool does not read "
+            f"({', '.join(SUFFIXES)}): {list_some(skipped)}",
+            stacklevel=2,
+        )
     names = [output_name(p) for p in files]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -209,42 +224,22 @@ def write_prediction(
     target: str | os.PathLike,
     probabilities: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write ``labels`` (loaded array order of ``source``) next to nothing else, atomically.
+    """Write ``labels`` (the loaded array order of ``source``, :mod:`pipeline.io`) atomically.
 
-    NIfTI: the source's header and affine; 2D: a PNG at the source's size (MONAI's PIL reader
-    gives ``W H``, so the array is transposed back to ``H W``).
+    NIfTI: the source's header and affine; 2D: a PNG at the source's size. The optional
+    ``<stem>_probabilities.npz`` holds ``K`` maps (float16) in the output file's own order:
+    ``K X Y Z`` for NIfTI, ``K H W`` (rows first, like the PNG's pixels) for 2D.
     """
-    import nibabel as nib
-    from PIL import Image
-
     target = Path(target)
-    written = []
-    tmp = target.with_name(f".{target.name}.tmp")
-    if _suffix(source) in NIFTI:
-        ref = nib.load(str(source))
-        header = ref.header.copy()
-        header.set_data_dtype(labels.dtype)
-        header.set_slope_inter(1, 0)
-        data = labels.reshape(ref.shape) if labels.size == int(np.prod(ref.shape)) else labels
-        img = nib.Nifti1Image(data, ref.affine, header)
-        tmp = target.with_name(f".tmp.{target.name}")  # nibabel picks the format from the suffix
-        nib.save(img, str(tmp))
-    else:
-        arr = np.ascontiguousarray(labels.T)
-        Image.fromarray(arr.astype(np.uint8) if arr.max(initial=0) <= 255 else arr.astype(np.uint16)).save(
-            tmp, format="PNG"
-        )
-    os.replace(tmp, target)
-    written.append(target)
+    nifti = file_kind(source) == "nifti"
+    written = [write_label(target, labels, like=source if nifti else None)]
     if probabilities is not None:
-        prob_path = target.with_name(target.name.split(".")[0] + "_probabilities.npz")
+        prob_path = target.with_name(split_suffix(target.name)[0] + "_probabilities.npz")
         arr = probabilities.numpy()
-        if _suffix(source) not in NIFTI:
+        if not nifti:
             arr = np.swapaxes(arr, 1, 2)
-        tmp = prob_path.with_name(f".tmp.{prob_path.name}")
-        with open(tmp, "wb") as fh:
+        with atomic_write(prob_path) as fh:
             np.savez_compressed(fh, probabilities=arr.astype(np.float16))
-        os.replace(tmp, prob_path)
         written.append(prob_path)
     return written
 
@@ -302,12 +297,11 @@ def _load_reference(config: Config, item: Mapping[str, Any]) -> tuple[np.ndarray
 
     dims = config.spatial_dims
     wanted = {k: item[k] for k in (keys.LABEL, keys.FOV) if k in item}
-    load = LoadCased(list(wanted), spatial_dims=dims, required=[keys.LABEL], image_key=keys.LABEL)
+    load = LoadCased(list(wanted), reader=read_image, spatial_dims=dims, required=[keys.LABEL], image_key=keys.LABEL)
     d = MapLabelsd(keys.LABEL, config.label_values, config.num_classes)(load(wanted))
-    d = MapLabelsd(keys.FOV, None, 2, allow_missing_keys=True)(d)
     label = d[keys.LABEL]
     spacing = tuple(float(v) for v in label.pixdim[:dims]) if isinstance(label, MetaTensor) else None
-    fov = np.asarray(d[keys.FOV])[0] if keys.FOV in d else None
+    fov = np.asarray(d[keys.FOV])[0] != 0 if keys.FOV in d else None
     return np.asarray(label)[0].astype(np.int64), spacing, fov
 
 
@@ -351,7 +345,7 @@ def evaluate_split(
     from pipeline.engines.evaluator import Evaluator, check_outputs
 
     base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
-    config = load_config(config_path, overrides, base=base)
+    config = fill_label_values(load_config(config_path, overrides, base=base))
     items = load_datalist(config["data"]).get(split) or []
     if not items:
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")

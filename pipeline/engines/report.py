@@ -6,18 +6,11 @@ import csv
 import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-__all__ = ["write_history", "plot_curves", "atomic_write_bytes"]
+from pipeline.io import atomic_write_bytes, atomic_write_text
 
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+__all__ = ["write_history", "plot_curves"]
 
 
 def write_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
@@ -30,7 +23,7 @@ def write_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike)
     writer.writeheader()
     for row in history:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    atomic_write_bytes(buf.getvalue().encode(), path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(value: Any) -> Any:
@@ -83,5 +76,5 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, m
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_write_bytes(path, buf.getvalue())
     return True

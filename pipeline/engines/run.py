@@ -28,6 +28,7 @@ import torch
 
 from pipeline.config import Config, ConfigError, dump_config, load_config
 from pipeline.data import load_datalist
+from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_loaders
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
@@ -243,6 +244,8 @@ def run_training(
     """
     config = load_config(config_path, overrides)
     run_dir = run_dir_for(config, config_path)
+    # the dataset's one table of label values, saved with the run for infer and evaluate
+    config = fill_label_values(config)
     with distributed_context(config["train"]["device"]) as dist:
         factory.set_threads(config["train"]["threads"])
         device = dist.device(factory.select_device(config["train"]["device"]))

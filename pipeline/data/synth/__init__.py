@@ -15,7 +15,7 @@ cell       DSB2018 fluorescence nuclei            DSB ``stage1_train/<id>/``    
 
 Example:
     >>> import tempfile
-    >>> from pipeline.data.readers import read_drive
+    >>> from pipeline.data.layouts.drive import read_drive
     >>> root = make_dataset("vessel2d", tempfile.mkdtemp(), n=4, seed=0, size=32)
     >>> len(read_drive(root).items), len(read_drive(root).test)
     (4, 1)
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.io import write_2d
 from pipeline.data.synth._ct import write_msd
 from pipeline.data.synth.cell import nuclei
 from pipeline.data.synth.lung import chest_ct
 from pipeline.data.synth.vessel2d import fundus
 from pipeline.data.synth.vessel3d import hepatic_ct
 from pipeline.errors import DataError
+from pipeline.io import write_image
 
 __all__ = ["make_dataset", "KINDS", "FORMAT_OF", "case_rng"]
 
@@ -53,6 +53,11 @@ _OWNED = {
 def case_rng(kind: str, seed: int, index: int) -> np.random.Generator:
     """The generator of one case: independent of ``n`` and of the other cases."""
     return np.random.default_rng([int(seed), KINDS.index(kind), int(index)])
+
+
+def _write_picture(path: Path, picture: np.ndarray) -> None:
+    """Write a generator's ``H W [C]`` picture (rows first, as drawn) in :mod:`pipeline.io`'s ``W H`` order."""
+    write_image(path, np.swapaxes(picture, 0, 1))
 
 
 def _prepare(out: Path, kind: str, overwrite: bool) -> None:
@@ -132,9 +137,9 @@ def make_dataset(
         jobs = [("training", first + i, i) for i in range(n)] + [("test", i + 1, n + i) for i in range(n_test)]
         for part, num, index in jobs:
             rgb, vessels, fov = fundus(case_rng(kind, seed, index), side)
-            write_2d(out / part / "images" / f"{num:02d}_{part}.tif", rgb)
-            write_2d(out / part / "1st_manual" / f"{num:02d}_manual1.gif", vessels)
-            write_2d(out / part / "mask" / f"{num:02d}_{part}_mask.gif", fov)
+            _write_picture(out / part / "images" / f"{num:02d}_{part}.tif", rgb)
+            _write_picture(out / part / "1st_manual" / f"{num:02d}_manual1.gif", vessels)
+            _write_picture(out / part / "mask" / f"{num:02d}_{part}_mask.gif", fov)
     elif kind == "cell":
         side = _size(size, 2, 128)
         for i in range(n):
@@ -142,10 +147,10 @@ def make_dataset(
             image, instances = nuclei(rng, side)
             case = rng.bytes(32).hex()
             rgba = np.dstack([image, image, image, np.full_like(image, 255)])
-            write_2d(out / "stage1_train" / case / "images" / f"{case}.png", rgba)
+            _write_picture(out / "stage1_train" / case / "images" / f"{case}.png", rgba)
             for k in range(1, int(instances.max()) + 1):
                 mask = (instances == k).astype(np.uint8) * 255
-                write_2d(out / "stage1_train" / case / "masks" / f"{rng.bytes(32).hex()}.png", mask)
+                _write_picture(out / "stage1_train" / case / "masks" / f"{rng.bytes(32).hex()}.png", mask)
     else:
         shape = _size(size, 3, (96, 96, 48))
         cases = []

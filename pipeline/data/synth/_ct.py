@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.io import ct_affine, write_json, write_nifti
 from pipeline.data.synth._draw import smooth_noise
+from pipeline.io import atomic_write_text, write_image
 
 
 def volume_grid(size: Sequence[int], fov_mm: float, z_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -54,6 +55,14 @@ def finish_ct(
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
 
 
+def ct_affine(spacing: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    """A scanner-like LPS affine (x, y flipped, as DICOM-converted CT usually is), centred on 0."""
+    sx, sy, sz = (float(s) for s in spacing)
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = [sx * (shape[0] - 1) / 2, sy * (shape[1] - 1) / 2, -sz * (shape[2] - 1) / 2]
+    return affine
+
+
 def write_msd(
     out: Path, task: str, prefix: str, labels: dict[str, str], cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 ) -> None:
@@ -62,24 +71,22 @@ def write_msd(
     for i, (image, label, spacing) in enumerate(cases, start=1):
         name = f"{prefix}_{i:03d}.nii.gz"
         affine = ct_affine(spacing, image.shape)
-        write_nifti(out / "imagesTr" / name, image, affine)
-        write_nifti(out / "labelsTr" / name, label.astype(np.uint8), affine)
+        write_image(out / "imagesTr" / name, image, affine=affine)
+        write_image(out / "labelsTr" / name, label.astype(np.uint8), affine=affine)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     (out / "imagesTs").mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "dataset.json",
-        {
-            "name": task,
-            "description": f"medseg synthetic look-alike of MSD {task}",
-            "reference": "synthetic (pipeline.data.synth)",
-            "licence": "CC-BY-SA 4.0",
-            "release": "1.0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "CT"},
-            "labels": labels,
-            "numTraining": len(training),
-            "numTest": 0,
-            "training": training,
-            "test": [],
-        },
-    )
+    meta = {
+        "name": task,
+        "description": f"medseg synthetic look-alike of MSD {task}",
+        "reference": "synthetic (pipeline.data.synth)",
+        "licence": "CC-BY-SA 4.0",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": labels,
+        "numTraining": len(training),
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=4) + "\n")
