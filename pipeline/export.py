@@ -298,8 +298,9 @@ def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model:
     network = factory.build_network(config)
     classes = factory.num_classes(config)
     out_channels = int(config["network"]["out_channels"])
-    intensity = dict(s["intensity"])
-    mode = intensity["mode"]
+    mode = s["intensity"]["mode"]
+    relevant = {"zscore": ("nonzero",), "window": ("window", "clip")}.get(mode, ())
+    intensity: dict[str, Any] = {"mode": mode, **{k: s["intensity"][k] for k in relevant}}
     if mode == "zscore":
         intensity.update(
             statistics="per image and channel: mean and std over the image (nonzero voxels only if nonzero)",
