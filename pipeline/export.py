@@ -216,12 +216,16 @@ def verify(
     """Max abs difference of ``run`` and ``reference`` on a seeded random input of ``shape``.
 
     Raises:
-        MedsegError: shapes differ or the difference is above :data:`TOLERANCE`.
+        MedsegError: ``run`` fails, the shapes differ or the difference is above :data:`TOLERANCE`.
     """
     x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = reference(x)
-        got = run(x)
+        try:
+            got = run(x)
+        except Exception as err:  # a graph frozen at the example's shape fails on another one
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise MedsegError(f"{what}: fails on input {tuple(shape)} ({first})") from None
     if tuple(got.shape) != tuple(want.shape):
         raise MedsegError(
             f"{what}: output shape {tuple(got.shape)} for input {tuple(shape)}, expected {tuple(want.shape)}"
@@ -263,8 +267,9 @@ def export_network(
     else:
         traced = _traced(module, example)
         traced.save(str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu")
-        runner = loaded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            runner = torch.jit.load(str(path), map_location="cpu")
     if not check:
         return None
     return verify(module, runner, example_shape(network, batch=2, offset=4), f"{fmt} export")
