@@ -371,6 +371,9 @@ def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model:
             "sigma_scale": 0.125,
             "padding_mode": "constant",
             "cval": 0.0,
+            "sw_batch_size": int(infer.get("sw_batch_size") or 4),
+            "precision": f"float32 (medseg infer: infer.amp={infer.get('amp', 'auto')}; auto: fp16 on CUDA, else fp32)",
+            "train_patch_size": s["patch_size"],
             "monai": "monai.inferers.sliding_window_inference (same windows, weights and result)",
         },
         "tta": {

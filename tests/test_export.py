@@ -361,3 +361,60 @@ def test_export_extra_is_in_dev_and_pinned():
     assert set(extras["export"]) <= set(extras["dev"])
     pins = {line.split("==")[0] for line in (root / "constraints.txt").read_text().splitlines() if "==" in line}
     assert names <= pins
+
+
+# --------------------------------------------------------------------------- bundle preprocessing = medseg's
+
+
+def test_bundle_converter_is_medseg_normalise_mode():
+    from pipeline._bundle import PIL_CONVERTER
+    from transforms.io import normalise_mode
+
+    convert = eval(PIL_CONVERTER[1:])  # how MONAI evaluates a "$" expression
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8))
+    rgb = Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    images = {
+        "grey palette": grey.convert("RGB").quantize(8),
+        "colour palette": rgb.quantize(8),
+        "RGBA": rgb.convert("RGBA"),
+        "LA": grey.convert("LA"),
+        "1": grey.convert("1"),
+        "L": grey,
+        "RGB": rgb,
+    }
+    assert images["grey palette"].mode == "P"
+    for what, img in images.items():
+        want, got = normalise_mode(img), convert(img)
+        assert got.mode == want.mode, what
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=what)
+
+
+@pytest.mark.parametrize(
+    ("transforms_cfg", "suffix"),
+    [
+        ({"channels": [1], "intensity": {"mode": "minmax"}}, ".png"),
+        ({"channels": [2, 0], "intensity": {"mode": "zscore", "nonzero": True}}, ".tif"),
+        ({"intensity": {"mode": "window", "window": [20.0, 200.0]}}, ".png"),
+    ],
+)
+def test_bundle_preprocessing_is_medseg_infer_chain(tmp_path, transforms_cfg, suffix):
+    from monai.bundle import ConfigParser
+
+    from pipeline._bundle import inference_config
+    from pipeline.export import processing_spec
+    from transforms.chains import build_transforms
+
+    channels = len(transforms_cfg.get("channels", [0, 1, 2]))
+    config = {
+        "network": {"name": "unet", "spatial_dims": 2, "in_channels": channels, "out_channels": 2, "channels": [4, 8]},
+        "transforms": transforms_cfg,
+        "infer": {"roi_size": [16, 16]},
+    }
+    path = tmp_path / f"rgb{suffix}"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (13, 21, 3), dtype=np.uint8)).save(path)
+    parser = ConfigParser(inference_config(processing_spec(config, "model.ts"), config))
+    got = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    want = build_transforms(config, "infer")({"image": str(path)})["image"]
+    assert tuple(got.shape) == tuple(want.shape) == (channels, 21, 13)
+    torch.testing.assert_close(got.as_tensor(), want.as_tensor(), rtol=0, atol=1e-6)
