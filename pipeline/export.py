@@ -155,7 +155,8 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
 
 
 def example_shape(network: torch.nn.Module, batch: int = 1, offset: int = 1) -> tuple[int, ...]:
-    """An input shape with odd, unaligned spatial sizes (``2·divisor + offset + axis``)."""
+    """An input shape whose spatial sizes are odd, so never multiples of the size divisor, and
+    different per axis: ``2·divisor + offset + 2·axis``, plus one where that is even."""
     div = int(network.size_divisor)
     sizes = [2 * div + offset + 2 * axis for axis in range(network.spatial_dims)]
     sizes = [s if s % 2 else s + 1 for s in sizes]
@@ -272,7 +273,9 @@ def export_network(
             runner = torch.jit.load(str(path), map_location="cpu")
     if not check:
         return None
-    return verify(module, runner, example_shape(network, batch=2, offset=4), f"{fmt} export")
+    # without TTA the reference is the network's own forward, independent of ExportModule
+    reference = module if tta else network
+    return verify(reference, runner, example_shape(network, batch=2, offset=4), f"{fmt} export")
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -463,8 +466,11 @@ def export_checkpoint(
     if fmt == "onnx":
         require_onnx()
     network, config, ckpt = load_network(checkpoint)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    except OSError as err:
+        raise MedsegError(f"{output}: cannot create the output folder ({err.strerror})") from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
