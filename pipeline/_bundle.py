@@ -4,6 +4,7 @@ Layout::
 
     configs/metadata.json     MONAI bundle metadata (versions, network inputs and outputs, classes)
     configs/inference.json    MONAI transforms + SlidingWindowInferer + the TorchScript model
+    configs/logging.conf      MONAI's usual logging settings
     models/model.ts           TorchScript (flip TTA baked in when the run's infer.tta is on)
     models/model.pt           the network's state dict (rebuild with medseg: see docs/README.md)
     preprocessing.json        the processing spec (:func:`pipeline.export.processing_spec`)
@@ -174,7 +175,7 @@ def metadata(spec: Mapping[str, Any], config: Mapping[str, Any], source: Mapping
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "optional_packages_version": {"nibabel": _version("nibabel"), "pillow": _version("pillow")},
+        "required_packages_version": {"nibabel": _version("nibabel"), "pillow": _version("pillow")},
         "name": f"medseg {net['name']} {dims}D segmentation",
         "task": f"{dims}D semantic segmentation ({classes['num_classes']} classes)",
         "description": f"{net['name']} trained with medseg; sliding-window inference over {roi} windows. "
@@ -222,6 +223,30 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+LOGGING = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+"""MONAI's usual ``configs/logging.conf`` (``monai.bundle run`` warns when a bundle has none)."""
+
 README = """# {name}
 
 Exported by `medseg export`; runs with MONAI and PyTorch alone (nibabel for NIfTI, Pillow for PNG).
@@ -267,6 +292,7 @@ def write_bundle(
     }
     for path, data in files.items():
         path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (root / "configs" / "logging.conf").write_text(LOGGING, encoding="utf-8")
     meta = files[root / "configs" / "metadata.json"]
     (root / "docs" / "README.md").write_text(
         README.format(

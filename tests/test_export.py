@@ -182,12 +182,13 @@ _WITHOUT_MEDSEG = (
 )
 
 
-def _run_bundle(bundle: Path, inputs: Path, output: Path) -> None:
-    cmd = [sys.executable, "-c", _WITHOUT_MEDSEG, "run", "--config_file", "configs/inference.json"]
-    cmd += ["--input_dir", str(inputs), "--output_dir", str(output)]
+def _monai_bundle(bundle: Path, *args: str) -> str:
+    """``python -m monai.bundle ARGS`` in ``bundle`` without medseg importable; returns its log."""
     env = {k: v for k, v in subprocess_env(1).items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-c", _WITHOUT_MEDSEG, *args]
     done = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -207,7 +208,8 @@ def test_bundle_run_gives_the_labels_of_medseg_infer(tmp_path, trained, request)
     config_text = (bundle / "configs" / "inference.json").read_text()
     assert "pipeline" not in config_text and "medseg" not in config_text
     written = run_inference(ckpt, inputs, tmp_path / "medseg", progress=False)
-    _run_bundle(bundle, inputs, tmp_path / "monai")
+    _monai_bundle(bundle, "run", "--config_file", "configs/inference.json", "--input_dir", str(inputs),
+                  "--output_dir", str(tmp_path / "monai"))  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "monai").iterdir()) == sorted(p.name for p in written)
     values = load_checkpoint(ckpt)["config"]["transforms"]["label_values"]
     for ours in written:
@@ -218,6 +220,10 @@ def test_bundle_run_gives_the_labels_of_medseg_infer(tmp_path, trained, request)
         np.testing.assert_array_equal(got, want)
         if want_affine is not None:
             np.testing.assert_allclose(got_affine, want_affine, atol=1e-5)
+    # MONAI's own check of the metadata's input and output shapes against the network
+    log = _monai_bundle(bundle, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                        "--config_file", "configs/inference.json")  # fmt: skip
+    assert "data shape of network is verified with no error" in log
 
 
 @pytest.mark.slow
