@@ -63,8 +63,8 @@ __all__ = [
 
 FORMATS = ("onnx", "torchscript", "bundle")
 ONNX_OPSET = 17
-"""Opset of the ONNX file: the legacy exporter of torch 2.13 supports it fully, and every
-onnxruntime since 1.12 (and TensorRT 8.6+) runs it."""
+"""Opset of the ONNX file: torch 2.13's TorchScript-based exporter (``dynamo=False``) writes it for
+every layer of the registered networks, and onnxruntime supports it from 1.12 on."""
 TOLERANCE = 1e-4
 """Largest absolute difference of logits allowed between an export and PyTorch."""
 SPEC_FORMAT = "medseg-export-spec-v1"
