@@ -85,6 +85,15 @@ def test_torchscript_equals_pytorch_on_odd_sizes(tmp_path, name, dims):
         assert _max_diff(net, loaded, shape) <= TOLERANCE, shape
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", NETWORKS.names())
+def test_every_registered_network_exports(tmp_path, name, fmt):
+    """A new network is covered by registering it: the export's own check runs it on an odd size."""
+    net = NETWORKS.build(name, 2, 1, 2).eval()
+    diff = export_network(net, fmt, tmp_path / "model")
+    assert diff is not None and 0 <= diff <= TOLERANCE
+
+
 def test_export_module_tta_is_medseg_flip_tta():
     net = _network("unet", 2)
     x = torch.randn(1, 1, 21, 27, generator=torch.Generator().manual_seed(3))
