@@ -15,7 +15,8 @@ Run from the bundle folder::
     python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir OUT
 
 Overrides: ``--input_dir`` (default ``input``), ``--output_dir`` (default ``output``),
-``--input_pattern`` (default ``*.png`` in 2D, ``*.nii.gz`` in 3D), ``--bundle_root`` (default
+``--input_suffixes`` (default: the suffixes ``medseg infer`` reads, :data:`SUFFIXES`; the
+file names of a folder are matched case-insensitively, hidden files skipped), ``--bundle_root`` (default
 ``.``, the folder holding ``models/``), ``--device`` (default CUDA when present).
 
 Why it gives the labels of ``medseg infer``: the transforms are the ones medseg's infer chain is
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["write_bundle", "inference_config", "metadata", "PIL_CONVERTER"]
+__all__ = ["write_bundle", "inference_config", "metadata", "PIL_CONVERTER", "SUFFIXES"]
 
 PIL_CONVERTER = (
     "$lambda im: im if im.mode in ('L', 'I', 'I;16', 'I;16B', 'I;16L', 'F', 'RGB') "
@@ -48,6 +49,10 @@ PIL_CONVERTER = (
     "else im.convert('RGB')"
 )
 """medseg's ``normalise_mode`` as a bundle expression: grey or RGB values, no palette or alpha."""
+
+SUFFIXES = {2: (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp"), 3: (".nii.gz", ".nii")}
+"""Input files the bundle reads by default: those ``medseg infer`` reads (2D: written as PNG;
+3D: written as ``.nii.gz``, where medseg keeps an uncompressed ``.nii`` name)."""
 
 _RUN = "$[@postprocessing(dict(d, pred=@inferer(d['image'][None].to(@device), @network)[0].cpu())) for d in @dataset]"
 
@@ -138,11 +143,12 @@ def inference_config(spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict
         "bundle_root": ".",
         "input_dir": "input",
         "output_dir": "output",
-        "input_pattern": "*.nii.gz" if dims == 3 else "*.png",
+        "input_suffixes": list(SUFFIXES[dims]),
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "network_def": "$torch.jit.load(os.path.join(@bundle_root, 'models', 'model.ts'), map_location=@device)",
         "network": "$@network_def.eval()",
-        "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, @input_pattern)))]",
+        "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, '*'))) "
+        "if f.lower().endswith(tuple(@input_suffixes)) and os.path.isfile(f)]",
         "preprocessing": {"_target_": "Compose", "transforms": pre},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "inferer": {
@@ -255,7 +261,7 @@ Exported by `medseg export`; runs with MONAI and PyTorch alone (nibabel for NIfT
     python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir OUT
 
 Overrides (`--key value`): `input_dir` (default `input`), `output_dir` (default `output`),
-`input_pattern` (default `{pattern}`), `bundle_root` (default `.`, the folder holding `models/`;
+`input_suffixes` (default `{suffixes}`), `bundle_root` (default `.`, the folder holding `models/`;
 set it to run from elsewhere), `device` (default CUDA when present).
 
 - `models/model.ts`: TorchScript, `image` {layout} float32 in, logits out; any batch and
@@ -297,7 +303,7 @@ def write_bundle(
     (root / "docs" / "README.md").write_text(
         README.format(
             name=meta["name"],
-            pattern=files[root / "configs" / "inference.json"]["input_pattern"],
+            suffixes=json.dumps(files[root / "configs" / "inference.json"]["input_suffixes"]),
             layout=spec["model"]["input"]["layout"],
             divisor=spec["model"]["size_divisor"],
             tta=" Flip TTA is inside the model." if tta else "",

@@ -136,7 +136,7 @@ def _shift_head(checkpoint: Path, image: Path, target: Path, quantile: float = 0
 
 @pytest.fixture(scope="module")
 def trained_2d(tmp_path_factory):
-    """A 1-epoch 2D checkpoint (labels 0/255, flip TTA on) and two PNGs of odd sizes."""
+    """A 1-epoch 2D checkpoint (labels 0/255, flip TTA on) and a PNG and a TIFF of odd sizes."""
     base = tmp_path_factory.mktemp("export2d")
     root = write_folders(base / "data", n=4, size=40, dims=2)
     for path in (root / "labels").iterdir():
@@ -153,8 +153,9 @@ def trained_2d(tmp_path_factory):
     inputs = base / "inputs"
     inputs.mkdir()
     rng = np.random.default_rng(7)
-    for i, shape in enumerate([(45, 37), (29, 51)]):
-        Image.fromarray(blob_case(rng, shape)[0].astype(np.uint8)).save(inputs / f"img{i}.png")
+    for i, (shape, suffix) in enumerate([((45, 37), ".png"), ((29, 51), ".TIF")]):
+        Image.fromarray(blob_case(rng, shape)[0].astype(np.uint8)).save(inputs / f"img{i}{suffix}")
+    (inputs / "notes.txt").write_text("not an image: both skip it")
     ckpt = _shift_head(base / "run" / "checkpoints" / "last.pt", inputs / "img0.png", base / "shifted.pt")
     return ckpt, inputs
 
