@@ -321,6 +321,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint as ONNX, TorchScript or a MONAI bundle",
+        description="Write the checkpoint's network as model.onnx (onnxruntime), model.ts (TorchScript) or a MONAI "
+        "bundle folder (python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir "
+        "OUT), with preprocessing.json: every setting needed to reproduce medseg infer without medseg. Each export "
+        "is checked against PyTorch on an odd-sized input. ONNX needs pip install medseg[export].",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint (e.g. runs/x/checkpoints/best.pt)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="onnx, torchscript or bundle")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to write (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.export import export_checkpoint
+
+        out = export_checkpoint(args.checkpoint, args.format, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.format} export to {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -329,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_networks, _add_synth, _add_check_data, _add_train, _add_infer, _add_evaluate):
+    commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_train, _add_infer, _add_evaluate)
+    for add in (*commands, _add_export):
         add(sub)
     return parser
 
