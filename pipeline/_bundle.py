@@ -44,11 +44,13 @@ __all__ = ["write_bundle", "inference_config", "metadata", "PIL_CONVERTER", "SUF
 PIL_CONVERTER = (
     "$lambda im: im if im.mode in ('L', 'I', 'I;16', 'I;16B', 'I;16L', 'F', 'RGB') "
     "else im.convert('L') if im.mode in ('1', 'LA', 'La') "
-    "else (lambda r: r.getchannel(0) if r.getchannel(0).tobytes() == r.getchannel(1).tobytes() "
-    "== r.getchannel(2).tobytes() else r)(im.convert('RGB')) if im.mode in ('P', 'PA') "
+    "else (lambda r, p: r.getchannel(0) if r.getchannel(0).tobytes() == r.getchannel(1).tobytes() "
+    "== r.getchannel(2).tobytes() else (p.putpalette([v for v in range(256) for _ in range(3)]), p.convert('L'))[1])"
+    "(im.convert('RGB'), im.convert('P').copy()) if im.mode in ('P', 'PA') "
     "else im.convert('RGB')"
 )
-"""medseg's ``normalise_mode`` as a bundle expression: grey or RGB values, no palette or alpha."""
+"""medseg's ``normalise_mode`` as a bundle expression: grey or RGB values, no alpha; a grey palette
+as its grey values, a colour palette as its indices (an identity palette converted to ``L``)."""
 
 SUFFIXES = {2: (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp"), 3: (".nii.gz", ".nii")}
 """Input files the bundle reads by default: those ``medseg infer`` reads (2D: written as PNG;

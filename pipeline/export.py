@@ -36,13 +36,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import Config, plain, resolve
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import flip_sets
@@ -134,7 +135,7 @@ def require_onnx() -> None:
         raise MedsegError(f"ONNX export needs {' and '.join(missing)}: {INSTALL_HINT}")
 
 
-def load_network(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+def load_network(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
     """The checkpoint's network (CPU, eval mode), its resolved config and the checkpoint itself.
 
     Built as :class:`pipeline.engines.predictor.Predictor` builds it: ``build_network`` on
@@ -144,7 +145,7 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
         MedsegError: a missing or damaged checkpoint, or weights that do not fit the network.
     """
     ckpt = load_checkpoint(checkpoint)
-    config = ckpt["config"]
+    config = resolve(ckpt["config"], source=str(checkpoint))
     network = factory.build_network(config)
     try:
         network.load_state_dict(ckpt["network"])
@@ -286,7 +287,7 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model: bool = False) -> dict[str, Any]:
+def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = False) -> dict[str, Any]:
     """What ``medseg infer`` does around the network, as plain JSON-ready data.
 
     Args:
@@ -299,12 +300,10 @@ def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model:
         TTA, post-processing, classes and label values, and output writing; each step names the
         MONAI transform that reproduces it.
     """
-    from transforms.chains import chain_settings
-
-    s = chain_settings(config)
-    dims, infer = s["spatial_dims"], dict(config.get("infer") or {})
+    s = {**plain(config["transforms"]), "spatial_dims": config.spatial_dims, "in_channels": config.in_channels}
+    dims, infer = config.spatial_dims, plain(config["infer"])
     network = factory.build_network(config)
-    classes = factory.num_classes(config)
+    classes = config.num_classes
     out_channels = int(config["network"]["out_channels"])
     mode = s["intensity"]["mode"]
     relevant = {"zscore": ("nonzero",), "window": ("window", "clip")}.get(mode, ())
@@ -341,7 +340,7 @@ def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model:
             f"{network.size_divisor}, logits cropped back",
             "tta_in_model": tta_in_model,
         },
-        "network": dict(config["network"]),
+        "network": plain(config["network"]),
         "spatial_dims": dims,
         "reading": {
             "2d": "PNG/TIFF/GIF/JPEG/BMP via PIL (palette and alpha dropped: grey or RGB values); spatial axes "
@@ -368,7 +367,7 @@ def processing_spec(config: Mapping[str, Any], model_file: str, *, tta_in_model:
         "channels": s["channels"],
         "intensity": intensity,
         "sliding_window": {
-            "roi_size": factory.roi_size(config),
+            "roi_size": list(config.roi_size),
             "overlap": float(infer.get("overlap", 0.5)),
             "mode": infer.get("mode", "gaussian"),
             "sigma_scale": 0.125,

@@ -268,13 +268,14 @@ def test_onnx_and_torchscript_exports_with_spec(tmp_path, trained_3d):
 
 
 def test_spec_of_a_ct_config_names_window_and_channels(tmp_path):
+    from pipeline.config import resolve
     from pipeline.export import processing_spec
 
-    config = {
+    config = resolve({
         "network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [4, 8]},
         "transforms": {"channels": [1], "intensity": {"mode": "window", "window": [-160.0, 240.0], "clip": False}},
         "infer": {"overlap": 0.5, "mode": "constant", "tta": False, "roi_size": [64, 64]},
-    }
+    })  # fmt: skip
     spec = processing_spec(config, "model.onnx")
     assert spec["channels"] == [1] and spec["spacing"] is None and spec["orientation"] is None
     assert spec["intensity"]["monai"] == {
@@ -385,7 +386,7 @@ def test_export_extra_is_in_dev_and_pinned():
 
 def test_bundle_converter_is_medseg_normalise_mode():
     from pipeline._bundle import PIL_CONVERTER
-    from transforms.io import normalise_mode
+    from pipeline.io import normalise_mode
 
     convert = eval(PIL_CONVERTER[1:])  # how MONAI evaluates a "$" expression
     rng = np.random.default_rng(0)
@@ -419,19 +420,20 @@ def test_bundle_preprocessing_is_medseg_infer_chain(tmp_path, transforms_cfg, su
     from monai.bundle import ConfigParser
 
     from pipeline._bundle import inference_config
+    from pipeline.config import resolve
+    from pipeline.data.loaders import build_chain
     from pipeline.export import processing_spec
-    from transforms.chains import build_transforms
 
     channels = len(transforms_cfg.get("channels", [0, 1, 2]))
-    config = {
+    config = resolve({
         "network": {"name": "unet", "spatial_dims": 2, "in_channels": channels, "out_channels": 2, "channels": [4, 8]},
         "transforms": transforms_cfg,
         "infer": {"roi_size": [16, 16]},
-    }
+    })  # fmt: skip
     path = tmp_path / f"rgb{suffix}"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (13, 21, 3), dtype=np.uint8)).save(path)
     parser = ConfigParser(inference_config(processing_spec(config, "model.ts"), config))
     got = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"]
-    want = build_transforms(config, "infer")({"image": str(path)})["image"]
+    want = build_chain(config, "infer")({"image": str(path)})["image"]
     assert tuple(got.shape) == tuple(want.shape) == (channels, 21, 13)
     torch.testing.assert_close(got.as_tensor(), want.as_tensor(), rtol=0, atol=1e-6)
