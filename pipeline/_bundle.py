@@ -31,7 +31,6 @@ by default (``infer.amp``) while the bundle runs fp32, so a few voxels may diffe
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -274,25 +273,14 @@ set it to run from elsewhere), `device` (default CUDA when present).
 """
 
 
-def write_bundle(
-    network: torch.nn.Module, config: Mapping[str, Any], root: str | os.PathLike, *, source: Mapping, check: bool
-) -> Path:
-    """Write the bundle for ``network`` (eval mode, CPU) and its ``config`` into ``root``.
-
-    Raises:
-        MedsegError: the TorchScript check failed (see :func:`pipeline.export.export_network`).
-    """
-    from pipeline.export import export_network, processing_spec
-
-    root = Path(root)
-    tta = bool((config.get("infer") or {}).get("tta", False))
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "docs").mkdir(parents=True, exist_ok=True)
-    diff = export_network(network, "torchscript", root / "models" / "model.ts", tta=tta, check=check)
+def write_bundle(network: torch.nn.Module, config: Mapping[str, Any], spec: Mapping[str, Any], root: Path) -> Path:
+    """Write the bundle's files beside ``models/model.ts`` (already exported into ``root`` by
+    :func:`pipeline.export.export_checkpoint`, with its processing ``spec``)."""
+    source = spec["source"]
+    tta = bool(spec["model"]["tta_in_model"])
+    for folder in ("models", "configs", "docs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, root / "models" / "model.pt")
-    spec = processing_spec(config, "models/model.ts", tta_in_model=tta)
-    spec["source"] = {**source, "check_max_abs_diff": diff}
     files = {
         root / "preprocessing.json": spec,
         root / "configs" / "inference.json": inference_config(spec, config),

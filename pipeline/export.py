@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pipeline._bundle import write_bundle
 from pipeline.config import Config, plain, resolve
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
@@ -481,9 +482,12 @@ def export_checkpoint(
             "torch": torch.__version__,
         }
         if fmt == "bundle":
-            from pipeline._bundle import write_bundle
-
-            write_bundle(network, config, tmp, source=source, check=check)
+            tta = bool(config["infer"]["tta"])
+            (tmp / "models").mkdir()
+            diff = export_network(network, "torchscript", tmp / "models" / "model.ts", tta=tta, check=check)
+            spec = processing_spec(config, "models/model.ts", tta_in_model=tta)
+            spec["source"] = {**source, "check_max_abs_diff": diff}
+            write_bundle(network, config, spec, tmp)
         else:
             diff = export_network(network, fmt, tmp / MODEL_FILES[fmt], check=check)
             spec = processing_spec(config, MODEL_FILES[fmt])

@@ -343,14 +343,14 @@ def test_cli_names_the_extra_when_onnx_is_missing(tmp_path, checkpoint, capsys, 
 
 
 def test_cli_failure_leaves_nothing_half_written(tmp_path, checkpoint, capsys, monkeypatch):
-    import pipeline._bundle as bundle
+    import pipeline.export as export
 
-    def fail(network, config, root, **kwargs):
-        (Path(root) / "models").mkdir()
-        (Path(root) / "models" / "model.ts").write_bytes(b"half")
-        raise MedsegError("torchscript export: differs from PyTorch")
+    def fail(network, config, spec, root):
+        (Path(root) / "configs").mkdir()
+        (Path(root) / "configs" / "inference.json").write_bytes(b"half")
+        raise MedsegError("bundle: cannot write (differs from PyTorch)")
 
-    monkeypatch.setattr(bundle, "write_bundle", fail)
+    monkeypatch.setattr(export, "write_bundle", fail)
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("previous export")
