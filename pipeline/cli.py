@@ -163,7 +163,7 @@ def _size_arg(text: str) -> list[int]:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from pipeline.data.synth import KINDS
+    from pipeline.data.synth import SYNTH_KINDS
 
     p = sub.add_parser(
         "synth",
@@ -171,7 +171,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         description="Write N seeded synthetic cases: vessel2d (DRIVE layout), vessel3d and lung (MSD layout, "
         "NIfTI in HU), cell (DSB2018 layout).",
     )
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=SYNTH_KINDS.names())
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --overwrite)")
     p.add_argument("--n", type=int, default=8, help="number of training cases (default 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -181,19 +181,19 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace this kind's files in a non-empty folder")
 
     def run(args: argparse.Namespace) -> int:
-        from pipeline.data.synth import FORMAT_OF, make_dataset
+        from pipeline.data.synth import SYNTH_KINDS, make_dataset
 
         size = args.size[0] if args.size and len(args.size) == 1 else args.size
+        options = {"n_test": args.n_test} if args.n_test is not None else {}
+        if args.no_nodules:
+            options["nodules"] = False
         try:
-            out = make_dataset(
-                args.kind, args.out, args.n, args.seed, size=size, n_test=args.n_test,
-                nodules=not args.no_nodules, overwrite=args.overwrite,
-            )  # fmt: skip
+            out = make_dataset(args.kind, args.out, args.n, args.seed, size=size, overwrite=args.overwrite, **options)
         except ValueError as err:
             if isinstance(err, MedsegError):  # a non-empty folder: the usual one-line error, exit 2
                 raise
             p.error(str(err))
-        print(f"wrote {args.n} {args.kind} case(s) to {out} (data.format: {FORMAT_OF[args.kind]})")
+        print(f"wrote {args.n} {args.kind} case(s) to {out} (data.format: {SYNTH_KINDS.get(args.kind).format})")
         return 0
 
     p.set_defaults(func=run)

@@ -16,7 +16,7 @@ from pipeline.config import resolve
 from pipeline.data import load_datalist
 from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_chain
-from pipeline.data.synth import FORMAT_OF, make_dataset
+from pipeline.data.synth import SYNTH_KINDS, make_dataset
 from pipeline.data.synth.vessel2d import fundus
 from pipeline.errors import DataError
 
@@ -44,7 +44,7 @@ def test_deterministic_and_readable_by_the_layout_reader(kind, tmp_path):
             == dc["imagesTr/" + sorted(p.name for p in (c / "imagesTr").iterdir())[0]]
         )
     assert _digest(make_dataset(kind, tmp_path / "d", n=2, seed=4, size=SMALL[kind])) != da
-    splits = load_datalist(data_cfg({"format": FORMAT_OF[kind], "root": str(a), "val_fraction": 0.5}))
+    splits = load_datalist(data_cfg({"format": SYNTH_KINDS.get(kind).format, "root": str(a), "val_fraction": 0.5}))
     assert len(splits["train"]) == 1 and len(splits["val"]) == 1
 
 
@@ -135,7 +135,9 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
     make_dataset("cell", tmp_path, n=1, size=64, overwrite=True)
     assert len(list((tmp_path / "stage1_train").iterdir())) == 1  # the old cases are gone
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-    with pytest.raises(ValueError, match=r"kind must be one of \['vessel2d', 'vessel3d', 'lung', 'cell'\], got 'xray'"):
+    with pytest.raises(ValueError, match=r"unknown synthetic kind 'xray'\. Options: cell, lung, vessel2d, vessel3d"):
         make_dataset("xray", tmp_path / "x", n=1)
+    with pytest.raises(ValueError, match=r"kind 'cell' takes no option\(s\) 'n_test'"):
+        make_dataset("cell", tmp_path / "z", n=1, n_test=2)
     with pytest.raises(ValueError, match="size for a 3D kind must be an int or three ints >= 16"):
         make_dataset("lung", tmp_path / "y", n=1, size=(8, 8))

@@ -51,6 +51,6 @@ def test_importing_it_leaves_the_cell_kind_working(tmp_path):
     import pipeline.data.synth as synth
     import pipeline.data.synth.dense  # noqa: F401 - the import is the test
 
-    assert callable(synth.nuclei)  # a submodule named `nuclei` would have replaced the function
+    assert callable(synth.cell.nuclei)  # a submodule named `nuclei` would have replaced the function
     root = synth.make_dataset("cell", tmp_path / "cells", n=1, size=48)
     assert len(list((root / "stage1_train").iterdir())) == 1

@@ -4,6 +4,8 @@ None of the real datasets can be downloaded on our machines; these stand in for 
 and the demo. Each kind is seeded and deterministic (case ``i`` of seed ``s`` is the same
 whatever ``n``), and is read back by the layout's own reader:
 
+Each kind is one module registering a :class:`SynthKind` in :data:`SYNTH_KINDS`:
+
 ========== ====================================== =============================== ==============
 kind       looks like                             layout (reader)                 default size
 ========== ====================================== =============================== ==============
@@ -23,50 +25,35 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.data.synth._ct import write_msd
-from pipeline.data.synth.cell import nuclei
-from pipeline.data.synth.lung import chest_ct
-from pipeline.data.synth.vessel2d import fundus
-from pipeline.data.synth.vessel3d import hepatic_ct
+from pipeline.data.synth import cell, lung, vessel2d, vessel3d  # noqa: F401  (each registers its kind)
+from pipeline.data.synth._kinds import SynthKind
+from pipeline.data.synth._kinds import case_rng as _stream_rng
 from pipeline.errors import DataError
-from pipeline.io import write_image
+from pipeline.registry import SYNTH_KINDS
 
-__all__ = ["make_dataset", "KINDS", "FORMAT_OF", "case_rng"]
-
-KINDS = ("vessel2d", "vessel3d", "lung", "cell")
-FORMAT_OF = {"vessel2d": "drive", "vessel3d": "msd", "lung": "msd", "cell": "dsb2018"}
-"""The ``data.format`` that reads each kind."""
-_OWNED = {
-    "vessel2d": ("training", "test"),
-    "vessel3d": ("dataset.json", "imagesTr", "labelsTr", "imagesTs"),
-    "lung": ("dataset.json", "imagesTr", "labelsTr", "imagesTs"),
-    "cell": ("stage1_train",),
-}
+__all__ = ["make_dataset", "SYNTH_KINDS", "SynthKind", "case_rng"]
 
 
 def case_rng(kind: str, seed: int, index: int) -> np.random.Generator:
-    """The generator of one case: independent of ``n`` and of the other cases."""
-    return np.random.default_rng([int(seed), KINDS.index(kind), int(index)])
+    """The generator of case ``index`` of ``kind``: independent of ``n`` and of the other cases."""
+    return _stream_rng(SYNTH_KINDS.get(kind).stream, seed, index)
 
 
-def _write_picture(path: Path, picture: np.ndarray) -> None:
-    """Write a generator's ``H W [C]`` picture (rows first, as drawn) in :mod:`pipeline.io`'s ``W H`` order."""
-    write_image(path, np.swapaxes(picture, 0, 1))
-
-
-def _prepare(out: Path, kind: str, overwrite: bool) -> None:
+def _prepare(out: Path, spec: SynthKind, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"{out}: folder is not empty; choose another or pass --overwrite")
-        for name in _OWNED[kind]:  # only what this generator writes: other files stay
+        for name in spec.owned:  # only what this generator writes: other files stay
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -96,69 +83,40 @@ def make_dataset(
     seed: int = 0,
     *,
     size: int | Sequence[int] | None = None,
-    n_test: int | None = None,
-    nodules: bool = True,
     overwrite: bool = False,
+    **options: Any,
 ) -> Path:
     """Write ``n`` synthetic cases of ``kind`` under ``out`` in the real dataset's layout.
 
     Args:
-        kind: one of :data:`KINDS`.
+        kind: a name registered in :data:`SYNTH_KINDS` (``medseg synth --help`` lists them).
         out: dataset folder; must be empty or absent unless ``overwrite``.
         n: number of labelled (training) cases.
         seed: dataset seed.
         size: image size: one int (2D, 3D cube) or three ints (3D ``X Y Z``); default per kind.
-        n_test: ``vessel2d`` only: cases in DRIVE's ``test/`` (default ``max(1, n // 4)``).
-        nodules: ``lung`` only: add nodules as class 2.
         overwrite: write into a non-empty folder, first removing only the files and folders
             this kind writes (e.g. ``training/`` and ``test/``).
+        options: the kind's own, e.g. ``n_test`` (``vessel2d``: cases in DRIVE's ``test/``,
+            default ``max(1, n // 4)``) and ``nodules`` (``lung``: add nodules as class 2).
 
     Returns:
-        ``out`` as a ``Path``; read it with ``data.format`` = :data:`FORMAT_OF` ``[kind]``.
+        ``out`` as a ``Path``; read it with ``data.format`` = ``SYNTH_KINDS.get(kind).format``.
 
     Raises:
         ValueError: for an unknown kind, ``n < 1`` or a bad size.
         DataError: if ``out`` is not empty and ``overwrite`` is false.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    spec = SYNTH_KINDS.get(kind)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    shape = _size(size, spec.dims, spec.default_size)
+    try:
+        inspect.signature(spec.write).bind(out, n, None, shape, **options)
+    except TypeError:
+        raise ValueError(f"kind {kind!r} takes no option(s) {', '.join(map(repr, options))}") from None
     out = Path(out)
-    _prepare(out, kind, overwrite)
-    if kind == "vessel2d":
-        side = _size(size, 2, 192)
-        n_test = max(1, n // 4) if n_test is None else n_test
-        if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
-            raise ValueError(f"n_test must be a non-negative int, got {n_test!r}")
-        first = max(21, n_test + 1)  # DRIVE numbers its test images 01-20 and training 21-40
-        jobs = [("training", first + i, i) for i in range(n)] + [("test", i + 1, n + i) for i in range(n_test)]
-        for part, num, index in jobs:
-            rgb, vessels, fov = fundus(case_rng(kind, seed, index), side)
-            _write_picture(out / part / "images" / f"{num:02d}_{part}.tif", rgb)
-            _write_picture(out / part / "1st_manual" / f"{num:02d}_manual1.gif", vessels)
-            _write_picture(out / part / "mask" / f"{num:02d}_{part}_mask.gif", fov)
-    elif kind == "cell":
-        side = _size(size, 2, 128)
-        for i in range(n):
-            rng = case_rng(kind, seed, i)
-            image, instances = nuclei(rng, side)
-            case = rng.bytes(32).hex()
-            rgba = np.dstack([image, image, image, np.full_like(image, 255)])
-            _write_picture(out / "stage1_train" / case / "images" / f"{case}.png", rgba)
-            for k in range(1, int(instances.max()) + 1):
-                mask = (instances == k).astype(np.uint8) * 255
-                _write_picture(out / "stage1_train" / case / "masks" / f"{rng.bytes(32).hex()}.png", mask)
-    else:
-        shape = _size(size, 3, (96, 96, 48))
-        cases = []
-        for i in range(n):
-            rng = case_rng(kind, seed, i)
-            cases.append(hepatic_ct(rng, shape) if kind == "vessel3d" else chest_ct(rng, shape, nodules=nodules))
-        if kind == "vessel3d":
-            write_msd(out, "HepaticVessel", "hepaticvessel", {"0": "background", "1": "vessel"}, cases)
-        else:
-            write_msd(out, "Lung", "lung", {"0": "background", "1": "lung", "2": "nodule"}, cases)
+    _prepare(out, spec, overwrite)
+    spec.write(out, n, lambda i: _stream_rng(spec.stream, seed, i), shape, **options)
     return out

@@ -12,6 +12,9 @@ from scipy import ndimage
 from pipeline.data.synth._draw import smooth_noise
 from pipeline.io import atomic_write_text, write_image
 
+MSD_FILES = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
+"""What :func:`write_msd` writes under a dataset root."""
+
 
 def volume_grid(size: Sequence[int], fov_mm: float, z_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and spacing (mm) of a CT volume covering ``fov_mm`` in-plane and ``z_mm`` along z."""

@@ -6,6 +6,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.data.synth._draw import smooth_noise
+from pipeline.data.synth._kinds import SynthKind, write_picture
+from pipeline.registry import SYNTH_KINDS
 
 DEFAULT_SIZE = 128
 
@@ -67,3 +69,19 @@ def nuclei(rng: np.random.Generator, size: int = DEFAULT_SIZE) -> tuple[np.ndarr
     image = rng.poisson(np.clip(image, 0, None) * photons) / photons + rng.normal(0, 0.01, image.shape)
     gain = rng.uniform(0.6, 1.0)
     return np.clip(image * gain * 255.0, 0, 255).astype(np.uint8), instances
+
+
+def _write(out, n: int, rng, size: int) -> None:
+    """DSB2018's layout: ``stage1_train/<id>/images/<id>.png`` (RGBA) and one mask per nucleus."""
+    for i in range(n):
+        r = rng(i)
+        image, instances = nuclei(r, size)
+        case = r.bytes(32).hex()
+        rgba = np.dstack([image, image, image, np.full_like(image, 255)])
+        write_picture(out / "stage1_train" / case / "images" / f"{case}.png", rgba)
+        for k in range(1, int(instances.max()) + 1):
+            mask = (instances == k).astype(np.uint8) * 255
+            write_picture(out / "stage1_train" / case / "masks" / f"{r.bytes(32).hex()}.png", mask)
+
+
+SYNTH_KINDS.register("cell", SynthKind("dsb2018", 2, DEFAULT_SIZE, ("stage1_train",), 3, _write))

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.synth._ct import blob, coords, finish_ct, volume_grid
+from pipeline.data.synth._ct import MSD_FILES, blob, coords, finish_ct, volume_grid, write_msd
 from pipeline.data.synth._draw import grow_tree, smooth_noise, tube_field
+from pipeline.data.synth._kinds import SynthKind
+from pipeline.registry import SYNTH_KINDS
 
 DEFAULT_SIZE = (96, 96, 48)
 
@@ -134,3 +136,12 @@ def chest_ct(
     label[lungs & ~airway] = 1
     label[nodule] = 2
     return image, label, spacing
+
+
+def _write(out, n: int, rng, size, *, nodules: bool = True) -> None:
+    """MSD Task06's layout; class 2 (nodules) only with ``nodules``."""
+    cases = [chest_ct(rng(i), size, nodules=nodules) for i in range(n)]
+    write_msd(out, "Lung", "lung", {"0": "background", "1": "lung", "2": "nodule"}, cases)
+
+
+SYNTH_KINDS.register("lung", SynthKind("msd", 3, DEFAULT_SIZE, MSD_FILES, 2, _write))

@@ -6,6 +6,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.data.synth._draw import grow_tree, smooth_noise, tube_field
+from pipeline.data.synth._kinds import SynthKind, write_picture
+from pipeline.registry import SYNTH_KINDS
 
 DEFAULT_SIZE = 192
 
@@ -104,3 +106,20 @@ def _radius_map(points: np.ndarray, radii: np.ndarray, shape: tuple[int, int]) -
     np.maximum.at(out, (idx[:, 0], idx[:, 1]), radii.astype(np.float32))
     reach = int(np.ceil(radii.max())) + 1 if len(radii) else 1
     return ndimage.grey_dilation(out, size=(2 * reach + 1, 2 * reach + 1))
+
+
+def _write(out, n: int, rng, size: int, *, n_test: int | None = None) -> None:
+    """DRIVE's layout: ``training/`` and ``test/`` with ``images/``, ``1st_manual/``, ``mask/``."""
+    n_test = max(1, n // 4) if n_test is None else n_test
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
+        raise ValueError(f"n_test must be a non-negative int, got {n_test!r}")
+    first = max(21, n_test + 1)  # DRIVE numbers its test images 01-20 and training 21-40
+    jobs = [("training", first + i, i) for i in range(n)] + [("test", i + 1, n + i) for i in range(n_test)]
+    for part, num, index in jobs:
+        rgb, vessels, fov = fundus(rng(index), size)
+        write_picture(out / part / "images" / f"{num:02d}_{part}.tif", rgb)
+        write_picture(out / part / "1st_manual" / f"{num:02d}_manual1.gif", vessels)
+        write_picture(out / part / "mask" / f"{num:02d}_{part}_mask.gif", fov)
+
+
+SYNTH_KINDS.register("vessel2d", SynthKind("drive", 2, DEFAULT_SIZE, ("training", "test"), 0, _write))

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.synth._ct import blob, coords, finish_ct, volume_grid
+from pipeline.data.synth._ct import MSD_FILES, blob, coords, finish_ct, volume_grid, write_msd
 from pipeline.data.synth._draw import grow_tree, smooth_noise, tube_field
+from pipeline.data.synth._kinds import SynthKind
+from pipeline.registry import SYNTH_KINDS
 
 DEFAULT_SIZE = (96, 96, 48)
 
@@ -82,3 +84,12 @@ def hepatic_ct(
     hu += vessel_soft * (rng.uniform(170, 210) - hu) * liver
     image = finish_ct(rng, hu, spacing, noise_hu=rng.uniform(14, 22))
     return image, vessel.astype(np.uint8), spacing
+
+
+def _write(out, n: int, rng, size) -> None:
+    """MSD Task08's layout: ``dataset.json``, ``imagesTr/``, ``labelsTr/``."""
+    cases = [hepatic_ct(rng(i), size) for i in range(n)]
+    write_msd(out, "HepaticVessel", "hepaticvessel", {"0": "background", "1": "vessel"}, cases)
+
+
+SYNTH_KINDS.register("vessel3d", SynthKind("msd", 3, DEFAULT_SIZE, MSD_FILES, 1, _write))
