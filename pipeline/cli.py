@@ -8,7 +8,9 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from pipeline.errors import MedsegError, one_line
@@ -359,20 +361,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM, Kubernetes, ``timeout``), handled like Ctrl-C: the same clean-up runs (a
+    fresh run that never reached a checkpoint leaves nothing behind), then exit ``128 + 15``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return int(args.func(args) or 0)
     except MedsegError as err:
         print(f"medseg: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("medseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        resume = " (a run that reached a checkpoint continues with the same command and --resume)"
+        print(f"medseg: {what}{resume if args.command == 'train' else ''}", file=sys.stderr)
+        return 128 + err.signum if isinstance(err, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ exit 2 in a separate process (so a crash at interpreter exit would show as 134, 
 
 from __future__ import annotations
 
+import signal
 import struct
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -49,3 +51,70 @@ def test_bad_file_with_the_memory_cache_exits_2(tmp_path, fault, workers):
     assert "terminate called" not in done.stderr
     assert lines and "case3" in lines[-1] and lines[-1].startswith("medseg: error:"), lines[-3:]
     assert not (tmp_path / "run").exists()
+
+
+def _start_training(tmp_path, **train) -> tuple[subprocess.Popen, str, object]:
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    cfg = tiny_config(data, tmp_path / "run")
+    cfg["train"].update(train)
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    child = subprocess.Popen(
+        [PYTHON, "-m", "pipeline.cli", "train", "-c", config],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return child, config, tmp_path / "run"
+
+
+def _wait_for(predicate, child: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_and_a_stale_lock_does_not_block_resume(tmp_path, capsys):
+    from pipeline.cli import main
+
+    child, config, run = _start_training(tmp_path, epochs=1000)
+    try:
+        lock = run / ".medseg.lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip(), child)
+        assert main(["train", "-c", config]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use by another run (PID {child.pid} on " in err[0], err
+        assert main(["train", "-c", config, "--resume"]) == 2  # resume too: never two writers
+        capsys.readouterr()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+    assert main(["train", "-c", config, "--resume", "--set", "train.epochs=1"]) == 0  # the dead run's lock is gone
+
+
+@pytest.mark.slow
+def test_sigterm_before_the_first_checkpoint_cleans_up_and_exits_143(tmp_path):
+    child, config, run = _start_training(tmp_path, epochs=2, iterations_per_epoch=100000)
+    _wait_for(lambda: (run / "config.yaml").exists(), child)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("medseg: terminated (SIGTERM)")
+    assert not run.exists(), "a run that never reached a checkpoint leaves nothing, so the rerun needs no --overwrite"
+
+
+@pytest.mark.slow
+def test_sigterm_after_a_checkpoint_keeps_it_and_resume_continues(tmp_path):
+    from pipeline.cli import main
+
+    child, config, run = _start_training(tmp_path, epochs=1000)
+    _wait_for(lambda: (run / "checkpoints" / "last.pt").exists(), child)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143 and "--resume" in err.strip().splitlines()[-1], err
+    assert (run / "checkpoints" / "last.pt").exists()
+    assert main(["train", "-c", config, "--resume", "--set", "train.epochs=2"]) == 0

@@ -32,6 +32,7 @@ from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_loaders
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
+from pipeline.engines.runlock import RunLock
 from pipeline.engines.trainer import Trainer
 from pipeline.errors import MedsegError
 
@@ -143,11 +144,15 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise MedsegError(f"{run_dir}: cannot write the run folder ({err.strerror})") from None
 
 
-def _remove_failed_start(run_dir: Path, created: bool) -> None:
+def _remove_failed_start(run_dir: Path, created: bool, lock: RunLock | None) -> None:
     """Undo a fresh run that failed before its first checkpoint, so nothing half-written blocks the
     next attempt; a run with a checkpoint is kept (``--resume`` continues it)."""
     if _has_checkpoint(run_dir):
+        if lock is not None:
+            lock.release()
         return
+    if lock is not None:
+        lock.release(remove=True)
     for name in RUN_FILES:
         path = run_dir / name
         if path.is_dir():
@@ -249,19 +254,27 @@ def run_training(
     with distributed_context(config["train"]["device"]) as dist:
         factory.set_threads(config["train"]["threads"])
         device = dist.device(factory.select_device(config["train"]["device"]))
-        ckpt_path, ckpt = _shared_resume_checkpoint(run_dir, dist, device) if resume else (None, None)
-        if ckpt is not None:
-            _check_resumable(ckpt["config"], config.to_dict(), ckpt_path)
-        fresh = ckpt is None
         created = not run_dir.exists()
+        lock: RunLock | None = None
         error: MedsegError | None = None
-        if dist.rank == 0:
+        if dist.rank == 0:  # first of all: nothing reads or writes the folder while another run holds it
             try:
-                _prepare_run_dir(run_dir, resume=not fresh, overwrite=overwrite or resume)
+                lock = RunLock(run_dir)
             except MedsegError as err:
                 error = err
         _agree_on_failure(error, dist, device)
+        fresh = True
         try:
+            ckpt_path, ckpt = _shared_resume_checkpoint(run_dir, dist, device) if resume else (None, None)
+            if ckpt is not None:
+                _check_resumable(ckpt["config"], config.to_dict(), ckpt_path)
+            fresh = ckpt is None
+            if dist.rank == 0:
+                try:
+                    _prepare_run_dir(run_dir, resume=not fresh, overwrite=overwrite or resume)
+                except MedsegError as err:
+                    error = err
+            _agree_on_failure(error, dist, device)
             trainer = _build_trainer(config, run_dir, dist, device, progress)
             if ckpt is not None:
                 trainer.resume(ckpt)
@@ -272,8 +285,12 @@ def run_training(
                 torch.distributed.barrier()
         except BaseException:
             if dist.rank == 0 and fresh:
-                _remove_failed_start(run_dir, created)
+                _remove_failed_start(run_dir, created, lock)
+                lock = None
             raise
+        finally:
+            if lock is not None:
+                lock.release()
     return {
         "run_dir": str(run_dir),
         "epochs": state.epoch,
