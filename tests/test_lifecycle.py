@@ -118,3 +118,22 @@ def test_sigterm_after_a_checkpoint_keeps_it_and_resume_continues(tmp_path):
     assert child.returncode == 143 and "--resume" in err.strip().splitlines()[-1], err
     assert (run / "checkpoints" / "last.pt").exists()
     assert main(["train", "-c", config, "--resume", "--set", "train.epochs=2"]) == 0
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing", "file's folder"])
+def test_infer_refuses_an_output_that_overlaps_its_inputs(tmp_path, capsys, where):
+    from pipeline.cli import main
+
+    images = write_folders(tmp_path / "data", n=2, size=32) / "images"
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    source, output = {
+        "same": (images, images),
+        "inside": (images, images / "pred"),
+        "containing": (images, images.parent),
+        "file's folder": (images / "case0.png", images),
+    }[where]
+    argv = ["infer", "--checkpoint", str(tmp_path / "any.pt"), "--input", str(source), "--output", str(output)]
+    assert main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "choose a folder apart from the inputs" in err[0], err
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before

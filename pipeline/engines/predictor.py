@@ -244,6 +244,33 @@ def write_prediction(
     return written
 
 
+def _refuse_overlap(inputs: Path, output: Path) -> None:
+    """Predictions never go where they could replace or mix with the inputs.
+
+    Raises:
+        MedsegError: ``output`` is the input folder, inside it, or contains it (or, for a single
+            input file, is the folder it is in).
+
+    Example:
+        >>> _refuse_overlap(Path("/data/images"), Path("/data/predictions"))
+        >>> _refuse_overlap(Path("/data/images"), Path("/data/images/out"))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.MedsegError: --output /data/images/out is inside the input folder /data/images; choose a folder apart from the inputs
+    """
+    folder = inputs.resolve() if inputs.is_dir() or not inputs.exists() else inputs.resolve().parent
+    out = output.resolve()
+    if out == folder:
+        where = "is the input folder" if inputs.is_dir() or not inputs.exists() else "is the folder of the input"
+    elif folder in out.parents:
+        where = "is inside the input folder"
+    elif out in folder.parents:
+        where = "contains the input folder"
+    else:
+        return
+    raise MedsegError(f"--output {output} {where} {folder}; choose a folder apart from the inputs")
+
+
 def run_inference(
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
@@ -264,6 +291,7 @@ def run_inference(
     """
     files = find_inputs(inputs)
     output = Path(output)
+    _refuse_overlap(Path(inputs), output)
     targets = [output / output_name(p) for p in files]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
