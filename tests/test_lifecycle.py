@@ -137,3 +137,19 @@ def test_infer_refuses_an_output_that_overlaps_its_inputs(tmp_path, capsys, wher
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "choose a folder apart from the inputs" in err[0], err
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+
+
+def test_training_prints_one_line_per_epoch_when_output_is_not_a_terminal(tmp_path, capsys):
+    import re
+
+    from pipeline.cli import main
+
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run"))
+    assert main(["train", "-c", config]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2, err
+    pattern = r"^epoch 1/2  loss \d+\.\d{4}  val dice \d\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d s/epoch  ETA \d+\.\d min$"
+    assert re.match(pattern, lines[0]), lines[0]
+    assert "ETA" not in lines[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -284,6 +285,7 @@ class Trainer:
     def on_train_start(self) -> None:
         """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder."""
         self._session_start = time.perf_counter() - self.state.elapsed
+        self._first_epoch, self._elapsed_at_start = self.state.epoch, self.state.elapsed
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -388,6 +390,7 @@ class Trainer:
             self._best_pending = False
         self.save("last")
         if self.is_main:
+            tqdm.write(self.epoch_line(record), file=sys.stderr)
             report.write_history(self.state.history, self.run_dir / "log.csv")
             if f"val_{self.val_metric}" in record:
                 report.plot_curves(self.state.history, self.run_dir / "curves.png", metric=self.val_metric)
@@ -396,6 +399,29 @@ class Trainer:
                     if isinstance(v, (int, float)) and k != "epoch":
                         self._tb.add_scalar(k, v, epoch)
                 self._tb.flush()
+
+    def epoch_line(self, record: Mapping[str, Any]) -> str:
+        """One line a person can follow in a log file (``nohup``, SLURM, CI) as on a terminal::
+
+        epoch 3/40  loss 0.4121 (region 0.95 boundary 0.06)  val dice 0.8123 [0.801 0.823]  ...
+        ...  lr 9.10e-04  42.0 s/epoch  ETA 25.9 min
+        """
+        epoch = int(record["epoch"])
+        done = epoch - self._first_epoch
+        per_epoch = (self.state.elapsed - self._elapsed_at_start) / max(done, 1)
+        parts = [f"epoch {epoch}/{self.epochs}", f"loss {record['train_loss']:.4f}"]
+        weights = {k[2:]: v for k, v in record.items() if k.startswith("w_")}
+        if weights:
+            parts[-1] += " (" + " ".join(f"{k} {v:.3g}" for k, v in weights.items()) + ")"
+        column = f"val_{self.val_metric}"
+        if column in record:
+            per_class = [record[k] for k in record if k.startswith(column + "_")]
+            classes = f" [{' '.join(f'{v:.3f}' for v in per_class)}]" if len(per_class) > 1 else ""
+            parts.append(f"val {self.val_metric} {record[column]:.4f}{classes}")
+        parts += [f"lr {record['lr']:.2e}", f"{per_epoch:.1f} s/epoch"]
+        if epoch < self.epochs:
+            parts.append(f"ETA {per_epoch * (self.epochs - epoch) / 60:.1f} min")
+        return "  ".join(parts)
 
     def on_train_end(self) -> None:
         """Once per :meth:`fit`, also after an error or an interrupt: closes TensorBoard."""
