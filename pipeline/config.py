@@ -419,6 +419,10 @@ def _derive(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"needs low <= high, got {[lo, hi]}", key=f"transforms.augment.{name}.range")
     if dims == 2 and t["spacing"] is not None:
         raise ConfigError("is for 3D data; remove it for spatial_dims=2", key="transforms.spacing")
+    # absolute, so a run's saved config finds its data from any folder (--set data.root=... moves it)
+    for section, key in (("data", "root"), ("train", "cache_dir")):
+        if cfg[section][key]:
+            cfg[section][key] = os.path.abspath(os.path.expanduser(cfg[section][key]))
 
 
 def _blame(

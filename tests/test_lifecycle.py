@@ -150,6 +150,40 @@ def test_training_prints_one_line_per_epoch_when_output_is_not_a_terminal(tmp_pa
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2, err
-    pattern = r"^epoch 1/2  loss \d+\.\d{4}  val dice \d\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d s/epoch  ETA \d+\.\d min$"
+    pattern = (
+        r"^epoch 1/2  loss \d+\.\d{4}  val dice \d\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d s/epoch  ETA \d+\.\d min$"
+    )
     assert re.match(pattern, lines[0]), lines[0]
     assert "ETA" not in lines[1]
+
+
+def test_a_bare_resume_continues_with_the_runs_own_config(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.engines.checkpoint import load_checkpoint
+
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run"))
+    assert main(["train", "-c", config, "--set", "train.epochs=1", "--set", "transforms.num_samples=1"]) == 0
+    assert main(["train", "-c", config, "--resume", "--set", "train.epochs=2"]) == 0  # no need to repeat --set
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["epoch"] == 2 and ckpt["config"]["transforms"]["num_samples"] == 1
+    capsys.readouterr()
+    assert main(["train", "-c", config, "--resume", "--set", "optimizer.lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medseg: error: --set optimizer.lr=0.1: cannot change mid-run"), err
+
+
+def test_a_run_finds_its_data_from_any_folder(tmp_path, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_folders(tmp_path / "data", n=4, size=32)
+    cfg = tiny_config("data", "run")  # relative to the current folder
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    assert main(["train", "-c", config]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "val", "--output", "ev"]) == 0
+    assert (elsewhere / "ev" / "summary.json").is_file()

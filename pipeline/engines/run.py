@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config, ConfigError, dump_config, load_config
+from pipeline.config import Config, ConfigError, apply_overrides, dump_config, load_config, load_yaml, parse_overrides
 from pipeline.data import load_datalist
 from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_loaders
@@ -63,6 +63,31 @@ def run_dir_for(config: Mapping[str, Any], config_path: str | os.PathLike | None
     if config_path is None:
         raise ConfigError("train.output: required when the config does not come from a file")
     return Path("runs") / Path(config_path).name.split(".")[0]
+
+
+def _load_run_config(config_path: str | os.PathLike | None, overrides: Sequence[str], resume: bool) -> Config:
+    """The config a command line trains with: with ``--resume``, the run's own resolved
+    ``config.yaml`` (so a bare ``--resume`` continues exactly what ran, whatever ``--set`` flags
+    started it), with only :data:`RESUMABLE_CHANGES` allowed on top; else the config file.
+
+    Raises:
+        ConfigError: a ``--set`` with ``--resume`` of a setting that cannot change mid-run.
+    """
+    if resume and config_path is not None:
+        parsed = parse_overrides(overrides)
+        raw = apply_overrides(load_yaml(config_path), parsed)
+        train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
+        saved = run_dir_for({"train": {"output": train.get("output")}}, config_path) / "config.yaml"
+        if saved.is_file():
+            for key, value in parsed:
+                if key not in (*RESUMABLE_CHANGES, "train.output"):
+                    raise ConfigError(
+                        f"cannot change mid-run: --resume continues with the run's own {saved}; only "
+                        f"{', '.join(RESUMABLE_CHANGES)} may change",
+                        source=f"--set {key}={value}",
+                    )
+            return load_config(saved, overrides)
+    return load_config(config_path, overrides)
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -247,7 +272,7 @@ def run_training(
     Raises:
         ConfigError / DataError / MedsegError: bad settings, data or run folder (one line each).
     """
-    config = load_config(config_path, overrides)
+    config = _load_run_config(config_path, overrides, resume)
     run_dir = run_dir_for(config, config_path)
     # the dataset's one table of label values, saved with the run for infer and evaluate
     config = fill_label_values(config)
