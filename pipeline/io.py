@@ -275,12 +275,43 @@ def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> MetaTensor:
         ((1, 3, 2), 7.0)
     """
     path = check_file(path)
+    if file_kind(path) == "nifti":
+        _check_nifti_size(path)
     try:
         return _loader(dtype)(str(path), reader=_reader(file_kind(path)))
     except DataError:
         raise
     except Exception as err:  # nibabel / Pillow raise many types for a corrupt or truncated file
         raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+
+
+def _check_nifti_size(path: Path) -> None:
+    """Refuse a NIfTI whose data is shorter than its header says, before anything is allocated:
+    a 4 KB file whose header claims 2000 x 2000 x 1000 float32 would otherwise ask for 16 GB (and
+    meet the out-of-memory killer) before the read fails. For ``.nii.gz`` the gzip trailer's
+    length stands in for the file size (below 4 GiB of data: gzip stores it modulo 2^32)."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        need = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(
+            header.get_data_dtype().itemsize
+        )
+    except Exception as err:  # a header nibabel cannot parse: read_image names it
+        raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+    if path.name.lower().endswith(".gz"):
+        if need >= 2**32:  # the trailer holds the length modulo 2^32: no lower bound to check
+            return
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            have = int.from_bytes(fh.read(4), "little")
+    else:
+        have = path.stat().st_size
+    if have < need:
+        raise DataError(
+            f"{path}: truncated: its header describes {header.get_data_shape()} {header.get_data_dtype()} "
+            f"({need / 2**20:.1f} MiB of data) but the file holds {have / 2**20:.1f} MiB"
+        )
 
 
 @dataclass(frozen=True)

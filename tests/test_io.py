@@ -262,3 +262,29 @@ def test_listing_errors(tmp_path):
         list_label_files(tmp_path / "empty")
     with pytest.raises(DataError, match=r"missing: not a directory"):
         list_label_files(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_header_claiming_more_data_than_the_file_holds_is_refused_before_reading(tmp_path, suffix):
+    import gzip
+
+    import nibabel as nib
+
+    from pipeline.errors import DataError
+    from pipeline.io import read_image
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 1000))
+    header.set_data_dtype(np.float32)
+    raw = header.binaryblock + bytes(4) + bytes(4096)
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    # .nii: refused from the file size; .nii.gz past 4 GiB (no size in the gzip trailer): nibabel
+    # refuses after decompressing what there is, also without allocating the 16 GB
+    with pytest.raises(
+        DataError, match=r"huge\.nii(\.gz)?: (truncated: its header describes \(2000, 2000, 1000\)|cannot read)"
+    ):
+        read_image(path)
+    ok = tmp_path / f"ok{suffix}"
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.float32), np.eye(4)), str(ok))
+    assert tuple(read_image(ok).shape) == (1, 3, 4, 5)
