@@ -276,6 +276,12 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="segment only the inputs whose label map is not in --output yet (after an interruption)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pipeline.engines.predictor import run_inference
@@ -290,6 +296,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
             tta=args.tta,
             save_probabilities=True if args.probabilities else None,
             overwrite=args.overwrite,
+            resume=args.resume,
             progress=sys.stderr.isatty(),
         )
         print(f"wrote {len(written)} file(s) to {args.output}")

@@ -161,6 +161,26 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_readable(path: str | os.PathLike) -> Path:
+    """:func:`check_file`, and the file's header read and checked without decoding its data: a
+    NIfTI header that parses and describes no more data than the file holds; a 2D image that
+    Pillow opens and verifies (PNG checksums, truncation).
+
+    Raises:
+        DataError: naming the file and what is wrong.
+    """
+    path = check_file(path)
+    if file_kind(path) == "nifti":
+        _check_nifti_size(path)
+        return path
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as err:  # Pillow raises many types for a damaged file
+        raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+    return path
+
+
 def list_folder(folder: str | os.PathLike) -> list[Path]:
     """The entries directly inside ``folder``, sorted, hidden ones (``.x``, macOS ``._x``) left out.
 

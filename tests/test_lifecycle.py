@@ -187,3 +187,30 @@ def test_a_run_finds_its_data_from_any_folder(tmp_path, monkeypatch):
     ckpt = str(tmp_path / "run" / "checkpoints" / "best.pt")
     assert main(["evaluate", "--checkpoint", ckpt, "--split", "val", "--output", "ev"]) == 0
     assert (elsewhere / "ev" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_infer_checks_every_input_first_and_continue_skips_finished_cases(tmp_path, capsys):
+    from pipeline.cli import main
+
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run"))
+    assert main(["train", "-c", config]) == 0
+    ckpt = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    images, out = data / "images", tmp_path / "pred"
+    good = (images / "case3.png").read_bytes()
+    (images / "case3.png").write_bytes(good[: len(good) // 2])  # the last file is truncated
+    argv = ["infer", "--checkpoint", ckpt, "--input", str(images), "--output", str(out)]
+    assert main(argv) == 2
+    assert "case3.png: cannot read" in capsys.readouterr().err
+    assert not out.exists(), "nothing written, and no empty folder left behind"
+    (images / "case3.png").write_bytes(good)
+    (images / "case2.png").rename(tmp_path / "case2.png")  # a first run of three of the four
+    assert main(argv) == 0 and len(list(out.iterdir())) == 3
+    (tmp_path / "case2.png").rename(images / "case2.png")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(argv) == 2  # existing outputs: --continue or --overwrite
+    assert main([*argv, "--continue"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(after) == {f"case{i}.png" for i in range(4)}
+    assert all(after[name] == t for name, t in before.items()), "finished cases are not redone"

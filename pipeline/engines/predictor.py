@@ -39,6 +39,7 @@ from pipeline.io import (
     SUFFIXES,
     atomic_write,
     check_file,
+    check_readable,
     file_kind,
     list_folder,
     read_image,
@@ -281,40 +282,57 @@ def run_inference(
     tta: bool | None = None,
     save_probabilities: bool | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Segment a file or every image of a folder into ``output``; returns the files written.
 
+    Every input's header is checked before anything is written, so a damaged file stops the
+    run with nothing half-done. ``resume`` (``--continue``, nnU-Net's ``--continue_prediction``)
+    skips inputs whose label map already exists: outputs are written atomically, so one that
+    exists is complete.
+
     Raises:
-        MedsegError: existing outputs without ``overwrite``, an unwritable folder, bad inputs.
+        MedsegError: existing outputs without ``overwrite`` or ``resume``, an unwritable folder,
+            an output folder overlapping the inputs, bad inputs.
     """
     files = find_inputs(inputs)
     output = Path(output)
     _refuse_overlap(Path(inputs), output)
     targets = [output / output_name(p) for p in files]
     existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
+    if existing and not (overwrite or resume):
         raise MedsegError(
-            f"{existing[0]} exists ({len(existing)} of {len(targets)} outputs do); pass --overwrite to replace them"
+            f"{existing[0]} exists ({len(existing)} of {len(targets)} outputs do); pass --continue to segment "
+            "only the others, or --overwrite to replace them"
         )
+    jobs = [(p, t) for p, t in zip(files, targets, strict=True) if not (resume and t.exists())]
+    for path, _ in jobs:
+        check_readable(path)
     config = None
     if config_path is not None or overrides:
         base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
         config = load_config(config_path, overrides, base=base)
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise MedsegError(f"{output}: cannot create the output folder ({err.strerror})") from None
-    if not os.access(output, os.W_OK):
-        raise MedsegError(f"{output}: the output folder is not writable")
-    predictor = Predictor(checkpoint, config, device=device, tta=tta, progress=progress)
-    keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
     written: list[Path] = []
-    for path, target in tqdm(list(zip(files, targets, strict=True)), desc="cases", disable=None if progress else True):
-        result = predictor(path)
-        written += write_prediction(
-            predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
-        )
+    try:
+        if not os.access(output, os.W_OK):
+            raise MedsegError(f"{output}: the output folder is not writable")
+        predictor = Predictor(checkpoint, config, device=device, tta=tta, progress=progress)
+        keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
+        for path, target in tqdm(jobs, desc="cases", disable=None if progress else True):
+            result = predictor(path)
+            written += write_prediction(
+                predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
+            )
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()  # a failed first call leaves no empty folder behind
+        raise
     return written
 
 
