@@ -214,3 +214,25 @@ def test_infer_checks_every_input_first_and_continue_skips_finished_cases(tmp_pa
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert set(after) == {f"case{i}.png" for i in range(4)}
     assert all(after[name] == t for name, t in before.items()), "finished cases are not redone"
+
+
+def test_extending_a_finished_cosine_run_follows_the_longer_curve_at_once(tmp_path):
+    import csv
+    import math
+
+    from pipeline.cli import main
+
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    cfg = tiny_config(data, tmp_path / "run", scheduler={"name": "cosine", "min_factor": 0.01})
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    assert main(["train", "-c", config, "--set", "train.epochs=3"]) == 0
+    assert main(["train", "-c", config, "--resume", "--set", "train.epochs=6"]) == 0
+    with open(tmp_path / "run" / "log.csv") as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+
+    def cosine(epoch: int, epochs: int) -> float:
+        t = min(1.0, epoch / max(1, epochs - 1))
+        return 0.01 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    assert lrs[:3] == pytest.approx([cosine(e, 3) for e in range(3)], rel=1e-5)  # log.csv keeps 6 digits
+    assert lrs[3:] == pytest.approx([cosine(e, 6) for e in range(3, 6)], rel=1e-5), "epoch 4 on the 6-epoch curve"

@@ -275,6 +275,14 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+            # the schedule of this run's length from the resumed epoch on: a run extended with more
+            # train.epochs continues on the longer curve at once (it would otherwise train its next
+            # epoch at the old curve's last rate); an unchanged run gets the same rate it saved
+            with warnings.catch_warnings():  # get_lr() outside step() warns; here it is the point
+                warnings.simplefilter("ignore", UserWarning)
+                rates = self.scheduler.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
