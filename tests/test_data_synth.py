@@ -141,3 +141,20 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
         make_dataset("cell", tmp_path / "z", n=1, n_test=2)
     with pytest.raises(ValueError, match="size for a 3D kind must be an int or three ints >= 16"):
         make_dataset("lung", tmp_path / "y", n=1, size=(8, 8))
+
+
+def test_a_failed_write_leaves_no_half_written_dataset(tmp_path, monkeypatch):
+    import pipeline.data.synth.cell as cell
+
+    real, calls = cell.nuclei, []
+
+    def broken(rng, size):  # the second case fails, after the first was written
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(rng, size)
+
+    monkeypatch.setattr(cell, "nuclei", broken)
+    with pytest.raises(OSError, match="No space left"):
+        make_dataset("cell", tmp_path / "cells", n=3, size=48)
+    assert not (tmp_path / "cells").exists()

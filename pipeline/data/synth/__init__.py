@@ -117,6 +117,12 @@ def make_dataset(
     except TypeError:
         raise ValueError(f"kind {kind!r} takes no option(s) {', '.join(map(repr, options))}") from None
     out = Path(out)
+    created = not out.exists()
     _prepare(out, spec, overwrite)
-    spec.write(out, n, lambda i: _stream_rng(spec.stream, seed, i), shape, **options)
+    try:
+        spec.write(out, n, lambda i: _stream_rng(spec.stream, seed, i), shape, **options)
+    except BaseException:
+        if created:  # a failed (or interrupted) first write leaves no half-written dataset behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
