@@ -80,12 +80,13 @@ def test_ddp_two_processes_match_one_process_and_resume(config, capsys):
     first = _torchrun(*per_rank, "--epochs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("trained 2 epochs") == 1  # rank 0 reports, rank 1 is silent
-    second = _torchrun(*per_rank, "--resume")  # resumes epoch 3 and 4 under DDP
+    second = _torchrun(*per_rank, "--resume", "--epochs", "4")  # resumes epoch 3 and 4 under DDP
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("trained 4 epochs") == 1
 
     # exactly one set of outputs, written by rank 0 only
-    assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.yaml", "curves.png", "log.csv"]
+    files = ["checkpoints", "config.yaml", "curves.png", "log.csv"]
+    assert sorted(p.name for p in ddp.iterdir()) == [".medseg.lock", *files]  # the lock: rank 0 only
     assert {p.name for p in (ddp / "checkpoints").iterdir()} == {"best.pt", "last.pt", "last.prev.pt"}
     rows_ddp, rows_single = _log(ddp), _log(single)
     assert [r["epoch"] for r in rows_ddp] == ["1", "2", "3", "4"]

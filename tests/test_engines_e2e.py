@@ -64,7 +64,7 @@ def test_train_resume_evaluate_infer_3d(tmp_path, vessel3d, capsys):
     # a second start in the same folder is refused; --resume continues at epoch 3
     assert main(["train", "-c", str(cfg), "--output", str(resumed)]) == 2
     assert "pass --resume to continue it" in capsys.readouterr().err
-    assert main(["train", "-c", str(cfg), "--output", str(resumed), "--resume"]) == 0
+    assert main(["train", "-c", str(cfg), "--output", str(resumed), "--resume", "--epochs", "3"]) == 0
 
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")

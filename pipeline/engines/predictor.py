@@ -249,8 +249,8 @@ def _refuse_overlap(inputs: Path, output: Path) -> None:
     """Predictions never go where they could replace or mix with the inputs.
 
     Raises:
-        MedsegError: ``output`` is the input folder, inside it, or contains it (or, for a single
-            input file, is the folder it is in).
+        MedsegError: ``output`` is the input folder, inside it, or contains it; for a single
+            input file, ``output`` is the folder it is in (its label map would replace it).
 
     Example:
         >>> _refuse_overlap(Path("/data/images"), Path("/data/predictions"))
@@ -258,16 +258,22 @@ def _refuse_overlap(inputs: Path, output: Path) -> None:
         Traceback (most recent call last):
         pipeline.errors.MedsegError: --output /data/images/out is inside the input folder /data/images; ...
     """
-    folder = inputs.resolve() if inputs.is_dir() or not inputs.exists() else inputs.resolve().parent
     out = output.resolve()
-    if out == folder:
-        where = "is the input folder" if inputs.is_dir() or not inputs.exists() else "is the folder of the input"
-    elif folder in out.parents:
-        where = "is inside the input folder"
-    elif out in folder.parents:
-        where = "contains the input folder"
+    if inputs.is_file():  # one file: only its own folder would put the label map over it
+        folder = inputs.resolve().parent
+        if out != folder:
+            return
+        where = "is the folder of the input"
     else:
-        return
+        folder = inputs.resolve()
+        if out == folder:
+            where = "is the input folder"
+        elif folder in out.parents:
+            where = "is inside the input folder"
+        elif out in folder.parents:
+            where = "contains the input folder"
+        else:
+            return
     raise MedsegError(f"--output {output} {where} {folder}; choose a folder apart from the inputs")
 
 
@@ -303,8 +309,8 @@ def run_inference(
     existing = [t for t in targets if t.exists()]
     if existing and not (overwrite or resume):
         raise MedsegError(
-            f"{existing[0]} exists ({len(existing)} of {len(targets)} outputs do); pass --continue to segment "
-            "only the others, or --overwrite to replace them"
+            f"{existing[0]} exists ({len(existing)} of {len(targets)} outputs do); pass --overwrite to replace them, "
+            "or --continue to segment only the others"
         )
     jobs = [(p, t) for p, t in zip(files, targets, strict=True) if not (resume and t.exists())]
     for path, _ in jobs:

@@ -67,25 +67,14 @@ def run_dir_for(config: Mapping[str, Any], config_path: str | os.PathLike | None
 
 def _load_run_config(config_path: str | os.PathLike | None, overrides: Sequence[str], resume: bool) -> Config:
     """The config a command line trains with: with ``--resume``, the run's own resolved
-    ``config.yaml`` (so a bare ``--resume`` continues exactly what ran, whatever ``--set`` flags
-    started it), with only :data:`RESUMABLE_CHANGES` allowed on top; else the config file.
-
-    Raises:
-        ConfigError: a ``--set`` with ``--resume`` of a setting that cannot change mid-run.
-    """
+    ``config.yaml``, so a bare ``--resume`` continues exactly what ran whatever ``--set`` flags
+    started it (repeating them changes nothing; changing a setting that cannot change mid-run is
+    refused against the checkpoint, see :data:`RESUMABLE_CHANGES`); else the config file."""
     if resume and config_path is not None:
-        parsed = parse_overrides(overrides)
-        raw = apply_overrides(load_yaml(config_path), parsed)
+        raw = apply_overrides(load_yaml(config_path), parse_overrides(overrides))
         train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
         saved = run_dir_for({"train": {"output": train.get("output")}}, config_path) / "config.yaml"
         if saved.is_file():
-            for key, value in parsed:
-                if key not in (*RESUMABLE_CHANGES, "train.output"):
-                    raise ConfigError(
-                        f"cannot change mid-run: --resume continues with the run's own {saved}; only "
-                        f"{', '.join(RESUMABLE_CHANGES)} may change",
-                        source=f"--set {key}={value}",
-                    )
             return load_config(saved, overrides)
     return load_config(config_path, overrides)
 
