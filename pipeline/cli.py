@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pipeline import runtime
 from pipeline.errors import MedsegError, one_line
 
 EXIT_USER_ERROR = 2
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.tune_allocator()  # before any large tensor: glibc's defaults re-fault every activation
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
