@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("cell_dsb", "demo_cell", "demo_vessel2d", "vessel_drive", "demo_lung", "lung_msd", "vessel_hepatic")
 SYNTH = {  # config -> (synth kind, size, cases)
-    "cell_dsb": ("cell", 128, 12),
+    "cell_dsb": ("cell", 256, 12),  # DSB2018 images are 256² to 1040²
     "demo_cell": ("cell", 128, 12),
     "demo_vessel2d": ("vessel2d", 192, 12),
     "vessel_drive": ("vessel2d", 256, 8),
