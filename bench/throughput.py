@@ -40,13 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("cell_dsb", "demo_cell", "demo_vessel2d", "vessel_drive", "demo_lung", "lung_msd", "vessel_hepatic")
-SYNTH = {  # config -> (synth kind, size, cases)
+SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "cell_dsb": ("cell", 256, 12),  # DSB2018 images are 256² to 1040²
     "demo_cell": ("cell", 128, 12),
     "demo_vessel2d": ("vessel2d", 192, 12),
     "vessel_drive": ("vessel2d", 256, 8),
     "demo_lung": ("lung", (96, 96, 48), 6),
-    "lung_msd": ("lung", (96, 96, 48), 6),
+    "lung_msd": ("lung", (96, 96, 48), 6, {"nodules": False}),  # Task06 labels one class
     "vessel_hepatic": ("vessel3d", (96, 96, 48), 6),
 }
 SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
@@ -56,13 +56,15 @@ SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
 
 
 def _synth(config: str, cache: Path) -> Path:
-    kind, size, n = SYNTH[config]
-    key = f"{kind}_{size if isinstance(size, int) else 'x'.join(map(str, size))}_{n}".replace(" ", "")
+    kind, size, n, *options = SYNTH[config]
+    options = options[0] if options else {}
+    key = f"{kind}_{size if isinstance(size, int) else 'x'.join(map(str, size))}_{n}{'_' * bool(options)}"
+    key += "_".join(f"{k}{v}" for k, v in options.items())
     root = cache / key
     if not root.exists():
         from pipeline.data.synth import make_dataset
 
-        make_dataset(kind, root, n, 0, size=size)
+        make_dataset(kind, root, n, 0, size=size, **options)
     return root
 
 
