@@ -341,7 +341,8 @@ def main() -> None:
                     continue
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
-                    print(f"| {name} | failed: {proc.stderr.strip().splitlines()[-1:]} |", flush=True)
+                    errors = [x for x in proc.stderr.splitlines() if "Error" in x] or proc.stderr.splitlines()[-1:]
+                    print(f"| {name} | failed: {errors[-1:]} |", flush=True)
                     continue
                 r = json.loads(line[7:])
                 print(_row(r), flush=True)
