@@ -50,7 +50,7 @@ SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "vessel_hepatic": ("vessel3d", (96, 96, 48), 6),
 }
 SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
-    "lung_msd": ["transforms.patch_size=[64,64,64]", "transforms.spacing=null", "train.batch_size=1"],
+    "lung_msd": ["transforms.patch_size=[64,64,48]", "transforms.spacing=null", "train.batch_size=1"],
     "vessel_hepatic": ["transforms.patch_size=[96,96,48]", "transforms.spacing=null", "train.batch_size=1"],
 }
 
