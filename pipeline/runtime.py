@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 __all__ = ["tune_allocator", "TRIM_THRESHOLD"]
@@ -61,7 +62,9 @@ def tune_allocator(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     Sets ``M_MMAP_MAX = 0`` (large blocks come from the heap, whose pages stay mapped and
     faulted in once) and ``M_TRIM_THRESHOLD = trim_threshold`` (the heap's free top is returned
     to the kernel only beyond that). Idempotent; a no-op returning ``False`` where the C library
-    is not glibc (macOS, Windows, musl).
+    is not glibc (macOS, Windows, musl) or when ``MEDSEG_TUNE_ALLOCATOR=0`` is set (for a machine
+    where the extra resident memory, up to ``trim_threshold`` plus fragmentation, matters more
+    than the step time).
 
     Args:
         trim_threshold: bytes of free heap top kept before trimming (the memory-growth bound).
@@ -77,7 +80,7 @@ def tune_allocator(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("MEDSEG_TUNE_ALLOCATOR", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,13 @@ def test_tune_allocator_is_idempotent_and_says_whether_it_applied():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     first, second = out.stdout.split()
     assert first == second == str(_glibc())
+
+
+def test_tune_allocator_can_be_turned_off_from_the_environment():
+    code = "from pipeline.runtime import tune_allocator as t; print(t())"
+    env = {**os.environ, "MEDSEG_TUNE_ALLOCATOR": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.strip() == "False"
 
 
 def test_medseg_main_tunes_the_allocator(monkeypatch):
