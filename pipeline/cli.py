@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from pipeline import runtime
 from pipeline.errors import MedsegError, one_line
 
 EXIT_USER_ERROR = 2
@@ -382,6 +383,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.tune_allocator()  # before any large tensor: glibc's defaults re-fault every activation
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,0 +1,355 @@
+"""Training throughput on the CPU: ``medseg train``'s step against a bare PyTorch loop, per config.
+
+For each shipped config, on small synthetic data of the config's layout (``medseg synth``), one
+subprocess per measurement (so process-wide allocator settings and ``getrusage`` counters belong
+to that measurement alone):
+
+- **medseg**: the Trainer, loaders and cached dataset exactly as ``medseg train`` builds them
+  (:func:`pipeline.engines.run._build_trainer`), ``Trainer.train_step`` on the loader's batches,
+  whole epochs (so loader workers have exited and their CPU time is counted);
+- **bare**: the same network, loss, optimiser and batch shapes on random tensors made once: the
+  ceiling, no data loading.
+
+Columns: steps/s, crop pixels (voxels) per second, system-time share of CPU time, minor page
+faults per step, peak RSS (process + its loader workers), and medseg / bare. ``--allocator off``
+measures without :func:`pipeline.runtime.tune_allocator` (glibc's defaults, what ``medseg`` ran
+with before); ``--phases`` splits one config's step into data / host-to-device / forward / loss /
+backward / optimiser and its random transforms one by one, and prints torch.profiler's top ops.
+Patch and batch are shrunk only where ``SHRINK`` says (full-size 3D patches take minutes a step on
+two cores); the table says what ran.
+
+Usage:
+    PYTHONPATH=. python bench/throughput.py                          # every config, ~15 min on 2 cores
+    PYTHONPATH=. python bench/throughput.py --configs cell_dsb --allocator off
+    PYTHONPATH=. python bench/throughput.py --configs cell_dsb --phases
+    PYTHONPATH=. python bench/throughput.py --configs demo_lung --workers 0 1 2 --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("cell_dsb", "demo_cell", "demo_vessel2d", "vessel_drive", "demo_lung", "lung_msd", "vessel_hepatic")
+SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
+    "cell_dsb": ("cell", 256, 12),  # DSB2018 images are 256² to 1040²
+    "demo_cell": ("cell", 128, 12),
+    "demo_vessel2d": ("vessel2d", 192, 12),
+    "vessel_drive": ("vessel2d", 256, 8),
+    "demo_lung": ("lung", (96, 96, 48), 6),
+    "lung_msd": ("lung", (96, 96, 48), 6, {"nodules": False}),  # Task06 labels one class
+    "vessel_hepatic": ("vessel3d", (96, 96, 48), 6),
+}
+SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
+    "lung_msd": ["transforms.patch_size=[64,64,48]", "transforms.spacing=null", "train.batch_size=1"],
+    "vessel_hepatic": ["transforms.patch_size=[96,96,48]", "transforms.spacing=null", "train.batch_size=1"],
+}
+
+
+def _synth(config: str, cache: Path) -> Path:
+    kind, size, n, *options = SYNTH[config]
+    options = options[0] if options else {}
+    key = f"{kind}_{size if isinstance(size, int) else 'x'.join(map(str, size))}_{n}{'_' * bool(options)}"
+    key += "_".join(f"{k}{v}" for k, v in options.items())
+    root = cache / key
+    if not root.exists():
+        from pipeline.data.synth import make_dataset
+
+        make_dataset(kind, root, n, 0, size=size, **options)
+    return root
+
+
+def _usage() -> dict[str, float]:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "user": s.ru_utime + c.ru_utime,
+        "sys": s.ru_stime + c.ru_stime,
+        "minflt": s.ru_minflt + c.ru_minflt,
+        "rss_gb": (s.ru_maxrss + c.ru_maxrss) / 2**20,
+        "t": time.perf_counter(),
+    }
+
+
+def _delta(a: dict, b: dict, steps: int) -> dict[str, float]:
+    cpu = (b["user"] - a["user"]) + (b["sys"] - a["sys"])
+    wall = b["t"] - a["t"]
+    return {
+        "steps": steps,
+        "steps_s": steps / wall,
+        "sys_frac": (b["sys"] - a["sys"]) / max(cpu, 1e-9),
+        "cpu_per_step": cpu / steps,
+        "faults_step": (b["minflt"] - a["minflt"]) / steps,
+        "rss_gb": b["rss_gb"],
+    }
+
+
+def _build(config_name: str, data: Path, out: Path, args: argparse.Namespace):
+    from pipeline.config import load_config
+    from pipeline.engines import factory
+    from pipeline.engines.run import _build_trainer, distributed_context
+
+    overrides = [
+        f"data.root={data}",
+        f"train.output={out}",
+        f"train.threads={args.threads}",
+        f"train.num_workers={args.workers}",
+        "train.tensorboard=false",
+        f"train.amp='{args.amp}'",
+        *SHRINK.get(config_name, []),
+        *args.set,
+    ]
+    config = load_config(ROOT / "configs" / f"{config_name}.yaml", overrides)
+    factory.set_threads(args.threads)
+    with distributed_context("cpu") as dist:
+        trainer = _build_trainer(config, out, dist, factory.select_device("cpu"), progress=False)
+    return config, trainer
+
+
+def _epochs(trainer, first: int):
+    epoch = first
+    while True:
+        trainer.on_epoch_start(epoch)
+        yield from trainer.train_loader
+        epoch += 1
+
+
+def _bare_batch(batch: dict, num_classes: int) -> dict:
+    import torch
+
+    out = {}
+    for k, v in batch.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.as_subclass(torch.Tensor)
+        out[k] = torch.randint(0, num_classes, v.shape).float() if k == "label" else torch.randn(v.shape)
+    return out
+
+
+def measure(config_name: str, args: argparse.Namespace) -> dict:
+    """One config's medseg and bare figures (runs in its own process)."""
+    import torch
+
+    if args.allocator == "on":
+        from pipeline.runtime import tune_allocator
+
+        tune_allocator(**({"trim_threshold": args.trim} if args.trim is not None else {}))
+    warnings.filterwarnings("ignore")
+    data = _synth(config_name, Path(args.data))
+    with tempfile.TemporaryDirectory() as tmp:
+        config, trainer = _build(config_name, data, Path(tmp) / "run", args)
+        trainer.network.train()
+        batches = _epochs(trainer, 0)
+        per_epoch = len(trainer.train_loader)
+        first = next(batches)
+        for _ in range(per_epoch * args.warmup_epochs - 1):  # whole epochs: workers start and exit
+            trainer.train_step(next(batches))
+        epochs = max(1, -(-args.steps // per_epoch))
+        a = _usage()
+        for _ in range(epochs * per_epoch):
+            trainer.train_step(next(batches))
+        # the next epoch's iterator is not started: the last one's workers have exited and been reaped
+        ours = _delta(a, _usage(), epochs * per_epoch)
+        bare_in = _bare_batch(first, config.num_classes)
+        ours["bare"] = _bare(trainer, bare_in, args.steps)
+    crop = tuple(first["image"].shape)
+    ours.update(
+        config=config_name,
+        dims=config.spatial_dims,
+        crop="x".join(map(str, crop)),
+        px_step=int(torch.tensor(crop[2:]).prod()) * crop[0],
+        threads=torch.get_num_threads(),
+        workers=trainer.train_loader.num_workers,
+        allocator=args.allocator,
+    )
+    return ours
+
+
+def _bare(trainer, batch: dict, steps: int) -> dict:
+    """The same network, loss and optimiser on fixed random tensors: zero_grad, forward, loss,
+    backward, clip, step (what ``Trainer.train_step`` does, without a loader)."""
+    import torch
+
+    net, loss_fn, opt = trainer.network, trainer.loss, trainer.optimizer
+    extras = {k: batch[k] for k in getattr(loss_fn, "extra_inputs", ()) if k in batch}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with trainer._autocast():
+            pred = net(batch["image"])
+        pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
+        loss = loss_fn(pred, batch["label"], **extras)
+        loss.backward()
+        if trainer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), trainer.grad_clip)
+        opt.step()
+
+    step()
+    a = _usage()
+    for _ in range(steps):
+        step()
+    return _delta(a, _usage(), steps)
+
+
+def phases(config_name: str, args: argparse.Namespace) -> None:
+    """Per-phase time of the medseg step, the random transforms one by one, torch.profiler's top ops."""
+    import torch
+    from monai.transforms import apply_transform
+
+    if args.allocator == "on":
+        from pipeline.runtime import tune_allocator
+
+        tune_allocator()
+    warnings.filterwarnings("ignore")
+    data = _synth(config_name, Path(args.data))
+    with tempfile.TemporaryDirectory() as tmp:
+        config, trainer = _build(config_name, data, Path(tmp) / "run", args)
+        trainer.network.train()
+        extra = getattr(trainer.loss, "extra_inputs", ())
+        names = ("data", "h2d", "forward", "loss", "backward", "optimizer")
+        times = dict.fromkeys(names, 0.0)
+        batches = _epochs(trainer, 0)
+        for i in range(args.steps + 2):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            d = trainer._move(batch, ("image", "label", *extra))
+            image, label = d.pop("image"), d.pop("label")
+            trainer.optimizer.zero_grad(set_to_none=True)
+            t2 = time.perf_counter()
+            with trainer._autocast():
+                pred = trainer.network(image)
+            pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
+            t3 = time.perf_counter()
+            loss = trainer.loss(pred, label, **d)
+            t4 = time.perf_counter()
+            loss.backward()
+            t5 = time.perf_counter()
+            if trainer.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), trainer.grad_clip)
+            trainer.optimizer.step()
+            t6 = time.perf_counter()
+            if i >= 2:
+                for n, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+                    times[n] += dt
+        total = sum(times.values())
+        print(f"{config_name}: crop {tuple(image.shape)}, {args.steps} steps, {total / args.steps:.3f} s/step")
+        for n in names:
+            print(f"  {n:10s} {times[n] / args.steps * 1000:9.1f} ms  {times[n] / total:6.1%}")
+        ds = trainer.train_loader.dataset
+        chain = ds.transform
+        first = chain.get_index_of_first(lambda t: hasattr(t, "randomize") or hasattr(t, "set_random_state"))
+        per_t: dict[str, float] = {}
+        cached = [ds._cache[i] for i in range(min(8, len(ds._cache)))]
+        for item in cached:
+            x = item
+            for t in chain.transforms[first:]:
+                s = time.perf_counter()
+                x = apply_transform(t, x, map_items=True)
+                per_t[type(t).__name__] = per_t.get(type(t).__name__, 0.0) + time.perf_counter() - s
+        samples = config["transforms"]["num_samples"]
+        print(f"  random transforms per cached item ({len(cached)} items, {samples} crops each):")
+        for n, dt in per_t.items():
+            print(f"    {n:32s} {dt / len(cached) * 1000:8.1f} ms")
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                trainer.train_step(next(batches))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+def _row(r: dict) -> str:
+    b = r["bare"]
+    cells = [
+        r["config"],
+        f"{r['dims']}D",
+        r["crop"],
+        f"{r['threads']}/{r['workers']}",
+        f"{r['steps_s']:.3f}",
+        f"{r['px_step'] * r['steps_s'] / 1e6:.2f}",
+        f"{r['cpu_per_step']:.2f}",
+        f"{r['sys_frac']:.1%}",
+        f"{r['faults_step']:,.0f}",
+        f"{r['rss_gb']:.2f}",
+        f"{b['steps_s']:.3f}",
+        f"{b['cpu_per_step']:.2f}",
+        f"{b['sys_frac']:.1%}",
+        f"{b['faults_step']:,.0f}",
+        f"{r['steps_s'] / b['steps_s']:.2f}",
+        f"{b['cpu_per_step'] / r['cpu_per_step']:.2f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| config | dims | crop BCHW[D] | threads/workers | steps/s | Mpx/s | CPU s/step | sys % | faults/step "
+    "| peak RSS GB | bare steps/s | bare CPU s/step | bare sys % | bare faults/step | steps/s ratio | CPU ratio |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    p.add_argument("--steps", type=int, default=6, help="measured steps (rounded up to whole epochs)")
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[2])
+    p.add_argument("--workers", type=int, nargs="+", default=[-1], help="-1 = auto_workers")
+    p.add_argument("--allocator", choices=("on", "off"), default="on")
+    p.add_argument("--trim", type=int, default=None, help="tune_allocator(trim_threshold=...) in bytes")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "auto"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
+    p.add_argument("--phases", action="store_true", help="per-phase split and profile instead of the table")
+    p.add_argument("--top", type=int, default=15, help="--phases: profiler rows")
+    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "medseg_bench_throughput"))
+    p.add_argument("--json", help="append the rows to this JSON-lines file")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        args.threads, args.workers = args.threads[0], args.workers[0]
+        if args.phases:
+            phases(args.one, args)
+        else:
+            print("RESULT " + json.dumps(measure(args.one, args)))
+        return
+    print(HEADER)
+    for name in args.configs:
+        for threads in args.threads:
+            for workers in args.workers:
+                cmd = [sys.executable, __file__, "--one", name, "--threads", str(threads), "--workers", str(workers)]
+                cmd += ["--steps", str(args.steps), "--warmup-epochs", str(args.warmup_epochs)]
+                cmd += ["--allocator", args.allocator, "--amp", args.amp, "--data", args.data, "--top", str(args.top)]
+                cmd += [
+                    *(["--trim", str(args.trim)] if args.trim is not None else []),
+                    *(["--phases"] if args.phases else []),
+                ]
+                for s in args.set:
+                    cmd += ["--set", s]
+                env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if args.phases:
+                    print(proc.stdout, proc.stderr[-2000:] if proc.returncode else "", flush=True)
+                    continue
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    errors = [x for x in proc.stderr.splitlines() if "Error" in x] or proc.stderr.splitlines()[-1:]
+                    print(f"| {name} | failed: {errors[-1:]} |", flush=True)
+                    continue
+                r = json.loads(line[7:])
+                print(_row(r), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
