@@ -63,6 +63,8 @@ __all__ = [
 MAX_LEVELS = 6
 #: Fewest training steps a plan aims for; the patch shrinks until the budget allows them.
 MIN_ITERATIONS = 300
+#: CPU probe crop (voxels) for the first timing: larger crops are extrapolated, then measured.
+PROBE_VOXELS = {2: 256 * 256, 3: 48 * 48 * 48}
 ANISOTROPY = 3.0
 MIN_FEATURE_MAP = 4
 #: Share of the measured step time added for data loading and augmentation on the same cores.
@@ -225,24 +227,27 @@ def _measure_child(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    def median_time(fn: Callable[[], None], least: int, seconds: float, most: int) -> float:
+        # the median of single calls, repeated for at least ``seconds``: robust to the stalls a
+        # shared CPU adds to a few of them
+        times: list[float] = []
+        while len(times) < least or (sum(times) < seconds and len(times) < most):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
     net.train()
     step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync()
-    step_s = (time.perf_counter() - t0) / iters
+    step_s = median_time(step, iters, 3.0, 30)
     net.eval()
     window = torch.randn(1, network["in_channels"], *roi, device=dev)
     with torch.no_grad():
         net(window)
         sync()
-        t0 = time.perf_counter()
-        for _ in range(2):
-            net(window)
-        sync()
-    window_s = (time.perf_counter() - t0) / 2
+        window_s = median_time(lambda: net(window), 2, 1.0, 10)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**30
         return Measurement(step_s, window_s, peak, 0.0)
@@ -268,7 +273,8 @@ def measure_step(
         batch: crops per step.
         device: ``"cpu"`` or ``"cuda"``.
         roi: inference window.
-        iters: timed steps after one warm-up step.
+        iters: fewest timed steps after one warm-up step (more, up to 30, while under 3 s); the
+            median step is reported.
     """
     ctx = multiprocessing.get_context("spawn")
     roi = list(roi or patch)
@@ -384,32 +390,47 @@ def plan_config(
 
     patch, _ = _fit_patch(_initial_patch(spacing, shape), spacing)
     first = list(patch)
-    floor_voxels = math.prod(first) / 8  # below half the start per axis, try a narrower network first
+    # below half the start per axis the crop loses the context it is for: first a narrower
+    # network, then fewer steps than MIN_ITERATIONS
+    floor_voxels = math.prod(first) / 8
     trials: list[tuple[list[int], int, Measurement]] = []
     base = widths[0]
-    m = measure(network_spec(patch, base)[0], patch, crops, device, roi_for(patch))
-    trials.append((patch, base, m))
-    ref_patch, ref = list(patch), m
 
-    def predicted(p: Sequence[int]) -> tuple[float, float]:
+    def run(p: Sequence[int], width: int) -> Measurement:
+        result = measure(network_spec(p, width)[0], list(p), crops, device, roi_for(p))
+        trials.append((list(p), width, result))
+        return result
+
+    # probe at a moderate crop (a CPU step on nnU-Net's 256³ start would take minutes), then
+    # extrapolate linearly in voxels and measure the chosen crop itself
+    probe = list(first)
+    while math.prod(probe) > PROBE_VOXELS[dims] and any(p > 16 for p in probe):
+        probe, _ = _fit_patch(_shrink(probe, shape, spacing), spacing)
+    ref_patch, ref = probe, run(probe, base)
+
+    def fits(p: Sequence[int]) -> bool:
         f = math.prod(p) / math.prod(ref_patch)
-        return ref.step_s * f, ref.base_gb + (ref.peak_gb - ref.base_gb) * f
+        step_s, mem = ref.step_s * f, ref.base_gb + (ref.peak_gb - ref.base_gb) * f
+        return budget_s * train_share / (step_s * (1 + DATA_OVERHEAD)) >= MIN_ITERATIONS and mem <= memory_gb
 
-    for _ in range(64):
-        step_s, mem = predicted(patch)
-        iters = budget_s * train_share / (step_s * (1 + DATA_OVERHEAD))
-        if (iters >= MIN_ITERATIONS and mem <= memory_gb) or all(p <= 16 for p in patch):
+    for attempt in range(3):
+        for _ in range(64):
+            if fits(patch):
+                break
+            smaller, _ = _fit_patch(_shrink(patch, shape, spacing), spacing)
+            if math.prod(smaller) < floor_voxels or smaller == patch:
+                if base != widths[-1]:
+                    base = widths[widths.index(base) + 1]
+                    ref_patch, ref = list(patch), run(patch, base)
+                    continue
+                break
+            patch = smaller
+        if trials[-1][:2] == (list(patch), base):
             break
-        if math.prod(patch) < floor_voxels and base != widths[-1]:
-            base = widths[widths.index(base) + 1]
-            m = measure(network_spec(patch, base)[0], patch, crops, device, roi_for(patch))
-            trials.append((list(patch), base, m))
-            ref_patch, ref = list(patch), m
-            continue
-        patch, _ = _fit_patch(_shrink(patch, shape, spacing), spacing)
-    if (list(patch), base) != (trials[-1][0], trials[-1][1]):
-        m = measure(network_spec(patch, base)[0], patch, crops, device, roi_for(patch))
-        trials.append((list(patch), base, m))
+        ref_patch, ref = list(patch), run(patch, base)
+        if fits(patch) or attempt == 2:
+            break
+    m = trials[-1][2]
     net_spec, (strides, kernels) = network_spec(patch, base)
     roi = roi_for(patch)
     base_width = base
