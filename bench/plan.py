@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +39,21 @@ SHIPPED = {
 }
 
 
-def _medseg(args: list[str], log: Path) -> tuple[int, float, float]:
-    """Run ``medseg ARGS``; return (exit code, wall seconds, peak RSS GB of its largest process)."""
+def _medseg(args: list[str], log: Path, timeout: float | None = None) -> tuple[int, float, float]:
+    """Run ``medseg ARGS``; return (exit code, wall seconds, peak RSS GB of its largest process).
+
+    A command still running after ``timeout`` seconds is killed (exit code -9).
+    """
     cmd = [sys.executable, "-m", "pipeline.cli", *args]
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ})
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer:
+            timer.cancel()
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, wall, usage.ru_maxrss / 2**20
@@ -92,11 +101,14 @@ def run(kind: str, budget: float, work: Path, n: int, network: str) -> list[dict
             continue
         run_dir = out / f"run_{name}"
         tcode, train_s, train_gb = _medseg(
-            ["train", "-c", config, "--output", str(run_dir), "--overwrite", *extra, *split], out / f"train_{name}.log"
+            ["train", "-c", config, "--output", str(run_dir), "--overwrite", *extra, *split],
+            out / f"train_{name}.log",
+            timeout=(3 * budget + 5) * 60,  # a shipped config can overrun its budget by an epoch of hours
         )
         row.update({"train_min": train_s / 60, "train_peak_gb": train_gb})
         if tcode:
-            row["error"] = f"train failed (exit {tcode}, {out / f'train_{name}.log'})"
+            what = "killed after 3x budget + 5 min" if tcode == -9 else f"train failed (exit {tcode})"
+            row["error"] = f"{what}, {out / f'train_{name}.log'}"
             rows.append(row)
             continue
         ckpt = run_dir / "checkpoints" / "best.pt"

@@ -149,3 +149,15 @@ def test_measure_step_times_and_measures_memory():
     m = measure_step(spec, [32, 32], 2, "cpu", iters=1)
     assert 0 < m.step_s < 30 and 0 < m.window_s < 30
     assert m.peak_gb >= m.base_gb > 0
+    assert m.threads in {t for t, _ in m.by_threads} and m.step_s == min(s for _, s in m.by_threads)
+
+
+def test_measured_thread_count_is_planned(fps):
+    def one_thread(*args):
+        m = fake_measure(*args)
+        return Measurement(m.step_s, m.window_s, m.peak_gb, m.base_gb, threads=1, by_threads=((1, 0.1), (2, 0.9)))
+
+    plan = plan_config(fps["cell"], budget_minutes=5, measure=one_thread)
+    assert plan["train"]["threads"].value == 1
+    assert "1: 0.100 s, 2: 0.900 s" in plan["train"]["threads"].reason
+    assert "threads" not in plan_config(fps["cell"], budget_minutes=5, measure=fake_measure)["train"]

@@ -76,12 +76,15 @@ THIN_SKELETON_RATIO = 0.15
 
 @dataclass(frozen=True)
 class Measurement:
-    """A timed training step: seconds per step, seconds per inference window, peak memory (GB)."""
+    """A timed training step: seconds per step, seconds per inference window, peak memory (GB),
+    and on the CPU the fastest torch thread count (``0``: not chosen) with each count's step time."""
 
     step_s: float
     window_s: float
     peak_gb: float
     base_gb: float = 0.0
+    threads: int = 0
+    by_threads: tuple[tuple[int, float], ...] = ()
 
 
 class _Reasoned:
@@ -241,7 +244,19 @@ def _measure_child(
     net.train()
     step()
     sync()
-    step_s = median_time(step, iters, 3.0, 30)
+    by_threads: list[tuple[int, float]] = []
+    if dev.type == "cpu":
+        # on a shared CPU fewer threads can be much faster (OpenMP threads wait for each other
+        # when the cores are oversubscribed): time 1 thread and all cores, keep the faster
+        cores = os.cpu_count() or 1
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            step()
+            by_threads.append((threads, median_time(step, iters, 3.0, 30)))
+        threads, step_s = min(by_threads, key=lambda t: t[1])
+        torch.set_num_threads(threads)
+    else:
+        threads, step_s = 0, median_time(step, iters, 3.0, 30)
     net.eval()
     window = torch.randn(1, network["in_channels"], *roi, device=dev)
     with torch.no_grad():
@@ -252,7 +267,7 @@ def _measure_child(
         peak = torch.cuda.max_memory_allocated(dev) / 2**30
         return Measurement(step_s, window_s, peak, 0.0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return Measurement(step_s, window_s, peak, base)
+    return Measurement(step_s, window_s, peak, base, threads, tuple(by_threads))
 
 
 def measure_step(
@@ -596,8 +611,11 @@ def plan_config(
         "batch_size": _r(batch_size, batch_reason),
         "val_every": _r(val_every, f"{n_val} validations of ~{val_s:.0f} s ({windows} windows at overlap {overlap})"),
         "time_budget": _r(round(float(budget_minutes), 2), f"predicted run {predicted_s / 60:.1f} min incl. start-up"),
-        "device": _r(device if device == "cuda" else "auto"),
+        "device": _r(device, "the device the steps were timed on"),
     }
+    if m.threads:
+        timed = ", ".join(f"{n}: {t:.3f} s" for n, t in m.by_threads)
+        plan["train"]["threads"] = _r(m.threads, f"fastest measured torch thread count (s/step by threads {timed})")
     plan["infer"] = {
         "roi_size": _r(roi, "windows up to 2x the patch and the median image: less repeated work than the patch"),
         "overlap": _r(overlap, "windows overlap"),
