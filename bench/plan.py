@@ -68,7 +68,7 @@ def _dice(summary: Path) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def run(kind: str, budget: float, work: Path, n: int, network: str) -> list[dict]:
+def run(kind: str, budget: float, work: Path, n: int, network: str, which: tuple[str, ...]) -> list[dict]:
     data = work / "data" / kind
     if not data.exists():
         code, _, _ = _medseg(["synth", "--kind", kind, "--out", str(data), "--n", str(n)], work / f"synth_{kind}.log")
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[2.0], help="minutes (issue 12: 5 10 20)")
     parser.add_argument("--n", type=int, default=20, help="synthetic cases per kind")
     parser.add_argument("--network", default="unet", choices=("unet", "resunet", "denseunet"))
+    parser.add_argument("--configs", nargs="+", default=["planned", "shipped"], choices=("planned", "shipped"))
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
@@ -161,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in args.kinds:
         for budget in args.budgets:
-            rows += run(kind, budget, work, args.n, args.network)
-            print("\n".join(table(rows[-2:]).splitlines()[2:]), flush=True)
+            new = run(kind, budget, work, args.n, args.network, tuple(args.configs))
+            rows += new
+            print("\n".join(table(new).splitlines()[2:]), flush=True)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
