@@ -92,7 +92,7 @@ def run(kind: str, budget: float, work: Path, n: int, network: str, which: tuple
     configs = [("planned", str(plan), [])]
     shipped = ROOT / "configs" / SHIPPED[kind]
     configs.append(("shipped", str(shipped), ["--set", f"data.root={data}", "--set", f"train.time_budget={budget:g}"]))
-    for name, config, extra in configs:
+    for name, config, extra in [c for c in configs if c[0] in which]:
         row = {"kind": kind, "budget": budget, "config": name, "plan_s": plan_s if name == "planned" else None}
         row["predicted_min"] = predicted if name == "planned" else None
         if name == "planned" and code:
