@@ -61,6 +61,56 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    def positive(text: str) -> float:
+        value = float(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    p = sub.add_parser(
+        "plan",
+        help="plan a training config from a dataset's fingerprint and a compute budget",
+        description="Fingerprint DATA_ROOT (shapes, spacings, intensities, classes; cached as fingerprint.json "
+        "beside the output), time the planned network on the device, and write a commented config that "
+        "`medseg train -c` runs within the budget.",
+    )
+    p.add_argument("root", metavar="DATA_ROOT", help="dataset folder")
+    p.add_argument("--format", default=None, help="layout (msd, nnunet, drive, dsb2018, folders); default: detected")
+    p.add_argument("--budget-minutes", type=positive, default=10.0, help="wall time of the whole run (default 10)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--memory-gb",
+        type=positive,
+        default=None,
+        help="memory the run may use (default: CPU 8 GB or half the RAM, CUDA the device's)",
+    )
+    p.add_argument("--network", choices=("unet", "resunet", "denseunet"), default="unet")
+    p.add_argument("--output", "-o", required=True, help="the config to write (plan.yaml)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.data.fingerprint import fingerprint_summary
+        from pipeline.engines.planner import write_plan
+        from pipeline.registry import LAYOUTS
+
+        if args.format is not None and args.format not in LAYOUTS:
+            raise MedsegError(f"--format must be one of {LAYOUTS.names()}, got {args.format!r}")
+        fp, plan = write_plan(
+            args.root,
+            args.output,
+            fmt=args.format,
+            budget_minutes=args.budget_minutes,
+            device=args.device,
+            memory_gb=args.memory_gb,
+            network=args.network,
+        )
+        print(fingerprint_summary(fp))
+        print(f"plan: {args.output} (predicted run {plan['_meta']['predicted_minutes']:.1f} min)")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     from pipeline.metrics import METRICS
 
@@ -363,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_train, _add_infer, _add_evaluate)
-    for add in (*commands, _add_export):
+    commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_plan, _add_train, _add_infer)
+    for add in (*commands, _add_evaluate, _add_export):
         add(sub)
     return parser
 

@@ -295,3 +295,84 @@ def test_network_table_lists_every_network_with_counts():
     assert float(row.group(1)) == round(count_parameters(UNet(2, 1, 2)) / 1e6, 2)
     assert float(row.group(2)) == round(count_parameters(UNet(3, 1, 2)) / 1e6, 2)
     assert network_table(in_channels=4, out_channels=5) != table
+
+
+# Anisotropic topologies (nnU-Net's pool_op_kernel_sizes / conv_kernel_sizes): thick-slice 3D data
+# whose third axis is never pooled, and a 2D one pooling one axis once less.
+ANISO = {
+    3: {"strides": [[2, 2, 1], [2, 2, 1]], "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 3]], "size": (37, 45, 9)},
+    2: {"strides": [[2, 2], [2, 1]], "kernel_sizes": [3, 3, [3, 1]], "size": (37, 23)},
+}
+ANISO_DIVISOR = {3: (4, 4, 1), 2: (4, 2)}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("name", OURS)
+def test_contract_anisotropic_strides(name, dims):
+    spec = ANISO[dims]
+    net = build(name, dims, strides=spec["strides"], kernel_sizes=spec["kernel_sizes"]).train()
+    assert net.size_divisor == ANISO_DIVISOR[dims] and net.size_divisors == ANISO_DIVISOR[dims]
+    x = torch.randn(2, 1, *spec["size"], requires_grad=True)
+    y = net(x)
+    assert y.shape == (2, 3, *spec["size"])
+    (y**2).mean().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, *spec["size"])
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_anisotropic_deep_supervision_heads_per_axis(name):
+    spec = ANISO[3]
+    net = build(name, 3, strides=spec["strides"], kernel_sizes=spec["kernel_sizes"], deep_supervision=True, ds_heads=2)
+    outs = net.train()(torch.randn(2, 1, *spec["size"]))
+    assert [tuple(o.shape[2:]) for o in outs] == [(37, 45, 9), (19, 23, 9), (10, 12, 9)]
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_unpooled_axis_with_kernel_one_keeps_slices_independent(name):
+    """Strides 1 and kernels 1 along the third axis: every slice is segmented on its own (batch
+    norm in eval mode mixes nothing), so changing slice 0 leaves the others' logits unchanged."""
+    net = build(name, 3, strides=[[2, 2, 1]] * 2, kernel_sizes=[[3, 3, 1]] * 3, norm="batch").eval()
+    x = torch.randn(1, 1, 20, 20, 5)
+    x2 = x.clone()
+    x2[..., 0] += 5.0
+    with torch.no_grad():
+        a, b = net(x), net(x2)
+    assert torch.allclose(a[..., 1:], b[..., 1:], atol=1e-5)
+    assert not torch.allclose(a[..., 0], b[..., 0], atol=1e-3)
+
+
+def test_anisotropic_layers_and_nnunet_stride_convention():
+    net = UNet(3, 1, 2, channels=(4, 8, 16), strides=[[1, 1, 1], [2, 2, 1], [2, 2, 2]], kernel_sizes=[[3, 3, 1], 3, 3])
+    assert net.strides == ((2, 2, 1), (2, 2, 2)) and net.size_divisor == (4, 4, 2)
+    assert net.encoder[0][0][0].kernel_size == (3, 3, 1) and net.encoder[0][0][0].padding == (1, 1, 0)
+    assert net.encoder[1][0].kernel_size == (2, 2, 1)  # the max-pool of level 1
+    assert net.up[0].conv.stride == (2, 2, 1) and net.up[1].conv.stride == (2, 2, 2)
+    assert UNet(3, 1, 2, channels=(4, 8, 16), downsample="conv", strides=[[2, 2, 1], 2]).encoder[1][0][0].stride == (
+        2,
+        2,
+        1,
+    )
+    res = ResUNet(3, 1, 2, channels=(4, 8, 16), strides=[[2, 2, 1], 2])
+    assert res.encoder[1].branches[0][0].stride == (2, 2, 1) and res.encoder[1].shortcut[0].stride == (2, 2, 1)
+    with pytest.raises(ValueError, match=r"too small: the smallest size this network accepts is \(4, 4, 2\)"):
+        net(torch.zeros(1, 1, 8, 8, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"strides": [2]}, r"strides needs 2 entries \(one int or 2 ints each\), got \[2\]"),
+        ({"strides": [2, [2, 2, 2]]}, r"strides\[1\] must be a positive int or 2 of them \(1 or 2\)"),
+        ({"strides": [2, 4]}, r"strides must be 1 or 2 per axis"),
+        ({"kernel_sizes": [3, [3, 2], 3]}, r"kernel_sizes must be odd"),
+        ({"kernel_sizes": [3, 3]}, r"kernel_sizes needs 3 entries"),
+    ],
+)
+@pytest.mark.parametrize("name", OURS)
+def test_bad_topology_raises(name, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        NETWORKS.build(name, 2, 1, 2, channels=(4, 8, 16), **kwargs)

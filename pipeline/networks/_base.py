@@ -1,7 +1,10 @@
 """Any-input-size and deep-supervision handling shared by every registered network.
 
-A network with ``L`` levels halves the resolution ``L - 1`` times, so it needs a spatial size
-that is a multiple of ``size_divisor = 2 ** (L - 1)``. :class:`SegmentationNetwork` pads the
+A network with ``L`` levels down-samples ``L - 1`` times, by ``strides[i]`` per axis between
+level ``i`` and ``i + 1`` (2 on every axis by default; ``[[1, 2, 2], [2, 2, 2], ...]`` never pools
+the thin axis of thick-slice CT at first, as nnU-Net's ``pool_op_kernel_sizes``), so it needs a
+spatial size that is, per axis, a multiple of the product of that axis' strides
+(``size_divisor``; ``2 ** (L - 1)`` by default). :class:`SegmentationNetwork` pads the
 input up to the next multiple **at the end of each axis** (high-index side; ``"replicate"``
 repeats the border voxel, ``"zeros"`` pads with 0), runs the network, and crops every output
 back from the start, so the logits always have the input's spatial size (37×53, 17×33×29, ...)
@@ -9,8 +12,9 @@ and no caller ever resizes.
 
 Deep supervision (training mode with ``deep_supervision=True``): ``forward`` returns a list,
 full-resolution logits first, then one head per coarser level. Head ``k`` (``k = 1, 2, ...``) is
-computed at ``padded_size / 2**k`` and cropped to ``ceil(input_size / 2**k)``: its cell ``j``
-covers input voxels ``[j·2**k, (j+1)·2**k)`` because the padding is at the end. Every head has
+computed at ``padded_size / f_k`` and cropped to ``ceil(input_size / f_k)`` per axis, ``f_k`` the
+product of the first ``k`` strides of that axis (``2**k`` by default): its cell ``j`` covers input
+voxels ``[j·f_k, (j+1)·f_k)`` because the padding is at the end. Every head has
 ``out_channels`` channels. The loss resizes the target to each head's shape (nearest), so heads
 of any shape work (MONAI's DynUNet returns full-resolution heads). In eval mode ``forward``
 returns the full-resolution tensor only, so sliding-window inference works unchanged.
@@ -18,19 +22,21 @@ returns the full-resolution tensor only, so sliding-window inference works uncha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.networks._blocks import PAD_MODES, check_choice
+from pipeline.networks._blocks import PAD_MODES, AxisSize, check_choice, per_axis
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: int, mode: str = "replicate") -> torch.Tensor:
-    """Pad the spatial axes of ``x`` (``BCHW[D]``) at their end up to multiples of ``divisor``."""
+def pad_to_multiple(x: torch.Tensor, divisor: AxisSize, mode: str = "replicate") -> torch.Tensor:
+    """Pad the spatial axes of ``x`` (``BCHW[D]``) at their end up to multiples of ``divisor``
+    (one int, or one per spatial axis)."""
     spatial = x.shape[2:]
-    extra = [(-s) % divisor for s in spatial]
+    extra = [(-s) % d for s, d in zip(spatial, per_axis(divisor, len(spatial)), strict=True)]
     if not any(extra):
         return x
     pad: list[int] = []
@@ -57,7 +63,7 @@ class SegmentationNetwork(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: channels of the input.
         out_channels: channels of the logits (classes).
-        size_divisor: the network's total stride.
+        size_divisor: the network's total stride, one int or one per spatial axis.
         pad_mode: ``"replicate"`` or ``"zeros"``.
         deep_supervision: return a list of heads in training mode.
     """
@@ -67,7 +73,7 @@ class SegmentationNetwork(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        size_divisor: int,
+        size_divisor: AxisSize,
         pad_mode: str = "replicate",
         deep_supervision: bool = False,
     ) -> None:
@@ -78,24 +84,32 @@ class SegmentationNetwork(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self._size_divisor = int(size_divisor)
+        self._divisors = tuple(int(d) for d in per_axis(size_divisor, spatial_dims))
         self.pad_mode = pad_mode
         self.deep_supervision = deep_supervision
 
     @property
-    def size_divisor(self) -> int:
-        """The total stride: sizes that are multiples of it run without padding."""
-        return self._size_divisor
+    def size_divisor(self) -> int | tuple[int, ...]:
+        """The total stride: sizes that are multiples of it run without padding. One int when it
+        is the same on every axis (the default networks), else one per spatial axis."""
+        divisors = self._divisors
+        return divisors[0] if len(set(divisors)) == 1 else divisors
 
     @property
-    def min_size(self) -> int:
-        """The smallest size accepted along each spatial axis: one cell at the coarsest level.
+    def size_divisors(self) -> tuple[int, ...]:
+        """The total stride per spatial axis."""
+        return self._divisors
+
+    @property
+    def min_size(self) -> int | tuple[int, ...]:
+        """The smallest size accepted along each spatial axis: one cell at the coarsest level
+        (like :attr:`size_divisor`, an int when the same on every axis).
 
         Instance norm in training also needs more than one voxel at the coarsest level (torch
         raises ``Expected more than 1 spatial element``): any axis of ``2 * size_divisor`` or more
         gives that.
         """
-        return self._size_divisor
+        return self.size_divisor
 
     def check_input(self, x: torch.Tensor) -> tuple[int, ...]:
         """Validate ``x`` (``BCHW[D]``) and return its spatial size.
@@ -110,7 +124,7 @@ class SegmentationNetwork(nn.Module):
                 f"add the batch/channel axes or set in_channels/spatial_dims to match"
             )
         spatial = tuple(x.shape[2:])
-        if min(spatial) < self.min_size:
+        if any(s < d for s, d in zip(spatial, self._divisors, strict=True)):
             raise ValueError(
                 f"input spatial size {spatial} is too small: the smallest size this network accepts is "
                 f"{self.min_size} per axis (its size_divisor, the total stride); pad or resample the image, "
@@ -119,7 +133,7 @@ class SegmentationNetwork(nn.Module):
         return spatial
 
     def forward_padded(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Run on an input padded to a multiple of :attr:`size_divisor`; return the full-resolution
+        """Run on an input padded to a multiple of :attr:`size_divisors`; return the full-resolution
         logits, followed by the deep-supervision heads when they are wanted (training + DS)."""
         raise NotImplementedError
 
@@ -130,7 +144,7 @@ class SegmentationNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``BC'HW[D]`` of the input's spatial size (a list with heads: see module doc)."""
         spatial = self.check_input(x)
-        padded = pad_to_multiple(x, self._size_divisor, self.pad_mode)
+        padded = pad_to_multiple(x, self._divisors, self.pad_mode)
         outs = self.forward_padded(padded)
         full = padded.shape[2:]
         cropped = []
@@ -141,11 +155,78 @@ class SegmentationNetwork(nn.Module):
         return cropped if self.returns_heads else cropped[0]
 
 
+def _axis_entries(name: str, value: object, count: int, dims: int, allowed: str) -> tuple[tuple[int, ...], ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
+        raise ValueError(f"{name} needs {count} entries (one int or {dims} ints each), got {value!r}")
+    out = []
+    for i, entry in enumerate(value):
+        axes = (entry,) * dims if isinstance(entry, int) and not isinstance(entry, bool) else entry
+        if (
+            isinstance(axes, (str, bytes))
+            or not isinstance(axes, Sequence)
+            or len(axes) != dims
+            or any(not isinstance(a, int) or isinstance(a, bool) or a < 1 for a in axes)
+        ):
+            raise ValueError(f"{name}[{i}] must be a positive int or {dims} of them ({allowed}), got {entry!r}")
+        out.append(tuple(axes))
+    return tuple(out)
+
+
+def _all_ones(entry: object) -> bool:
+    if isinstance(entry, int) and not isinstance(entry, bool):
+        return entry == 1
+    return isinstance(entry, Sequence) and not isinstance(entry, (str, bytes)) and all(a == 1 for a in entry)
+
+
+def resolve_topology(
+    spatial_dims: int,
+    levels: int,
+    strides: Sequence[AxisSize] | None = None,
+    kernel_sizes: Sequence[AxisSize] | None = None,
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Per-level, per-axis strides and kernel sizes of a U-shaped network with ``levels`` levels.
+
+    Args:
+        spatial_dims: 2 or 3.
+        levels: resolutions (``len(channels)``).
+        strides: down-sampling from level ``i`` to ``i + 1``: ``levels - 1`` entries, or ``levels``
+            entries whose first is all ones (nnU-Net's ``pool_op_kernel_sizes``); each an int or one
+            int per axis, 1 or 2 (the up-sampling mirrors it). ``None``: 2 everywhere.
+        kernel_sizes: convolution kernel of each level's blocks: ``levels`` entries, each an odd
+            int or one per axis (nnU-Net's ``conv_kernel_sizes``). ``None``: 3 everywhere.
+
+    Returns:
+        ``(strides, kernel_sizes)``: ``levels - 1`` and ``levels`` tuples of ``spatial_dims`` ints.
+
+    Raises:
+        ValueError: a wrong count, a non-positive entry, a stride above 2 or an even kernel.
+
+    Example:
+        >>> resolve_topology(3, 3, [[1, 1, 1], [2, 2, 1], [2, 2, 2]], [[3, 3, 1], [3, 3, 3], 3])
+        (((2, 2, 1), (2, 2, 2)), ((3, 3, 1), (3, 3, 3), (3, 3, 3)))
+    """
+    if strides is None:
+        strides = [2] * (levels - 1)
+    elif isinstance(strides, Sequence) and len(strides) == levels and _all_ones(strides[0]):
+        strides = list(strides)[1:]  # nnU-Net lists the identity "pooling" of level 0 first
+    stride_axes = _axis_entries("strides", strides, levels - 1, spatial_dims, "1 or 2")
+    if any(a > 2 for axes in stride_axes for a in axes):
+        raise ValueError(f"strides must be 1 or 2 per axis (pooling by 2 or not at all), got {strides!r}")
+    kernels = _axis_entries(
+        "kernel_sizes", [3] * levels if kernel_sizes is None else kernel_sizes, levels, spatial_dims, "odd"
+    )
+    if any(k % 2 == 0 for axes in kernels for k in axes):
+        raise ValueError(f"kernel_sizes must be odd (same padding), got {kernel_sizes!r}")
+    return stride_axes, kernels
+
+
 class EncoderDecoder(SegmentationNetwork):
     """A U-shaped network with ``levels`` resolutions: subclasses implement :meth:`features`
     and call :meth:`build_heads`.
 
     Args:
+        strides: per-level, per-axis down-sampling (see :func:`resolve_topology`).
+        kernel_sizes: per-level, per-axis conv kernels (see :func:`resolve_topology`).
         ds_heads: deep-supervision heads below full resolution, in ``[1, levels - 1]``;
             ``None`` means ``max(1, levels - 2)`` (every decoder level but full resolution and
             the bottleneck, as nnU-Net).
@@ -161,8 +242,16 @@ class EncoderDecoder(SegmentationNetwork):
         pad_mode: str = "replicate",
         deep_supervision: bool = False,
         ds_heads: int | None = None,
+        strides: Sequence[AxisSize] | None = None,
+        kernel_sizes: Sequence[AxisSize] | None = None,
     ) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, 2 ** (levels - 1), pad_mode, deep_supervision)
+        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        self_strides, self_kernels = resolve_topology(spatial_dims, levels, strides, kernel_sizes)
+        divisor = tuple(math.prod(s[a] for s in self_strides) for a in range(spatial_dims))
+        super().__init__(spatial_dims, in_channels, out_channels, divisor, pad_mode, deep_supervision)
+        self.strides = self_strides
+        self.kernel_sizes = self_kernels
         if ds_heads is None:
             ds_heads = max(1, levels - 2)
         if not isinstance(ds_heads, int) or isinstance(ds_heads, bool) or not 1 <= ds_heads <= levels - 1:

@@ -65,12 +65,42 @@ def check_common(
     return channels
 
 
+#: A size per spatial axis, or one int for every axis.
+AxisSize = int | Sequence[int]
+
+
+def per_axis(value: AxisSize, dims: int) -> tuple[int, ...]:
+    """``value`` as a tuple of ``dims`` ints (an int is repeated)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * dims
+    return tuple(value)
+
+
+def _plain(value: AxisSize) -> AxisSize:
+    """An isotropic tuple as one int, so default layers are built exactly as before."""
+    if isinstance(value, int):
+        return value
+    value = tuple(value)
+    return value[0] if len(set(value)) == 1 else value
+
+
 def conv(
-    dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1, bias: bool = False
+    dims: int,
+    cin: int,
+    cout: int,
+    kernel: AxisSize = 3,
+    stride: AxisSize = 1,
+    dilation: int = 1,
+    bias: bool = False,
 ) -> nn.Module:
-    """A 'same'-padded convolution (output size = input size / stride)."""
+    """A 'same'-padded convolution (output size = input size / stride per axis).
+
+    ``kernel`` and ``stride`` are one int or one int per axis (``(1, 3, 3)``: no mixing across
+    the thick-slice axis, as nnU-Net's planner gives strongly anisotropic data).
+    """
+    padding = tuple(dilation * (k // 2) for k in per_axis(kernel, dims))
     return Conv[Conv.CONV, dims](
-        cin, cout, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, bias=bias
+        cin, cout, _plain(kernel), stride=_plain(stride), padding=_plain(padding), dilation=dilation, bias=bias
     )
 
 
@@ -97,10 +127,15 @@ class ConvNormAct(nn.Sequential):
         groups: int,
         act: str,
         dropout: float = 0.0,
-        stride: int = 1,
+        stride: AxisSize = 1,
         dilation: int = 1,
+        kernel: AxisSize = 3,
     ) -> None:
-        layers = [conv(dims, cin, cout, 3, stride, dilation), norm_layer(norm, dims, cout, groups), get_act_layer(act)]
+        layers = [
+            conv(dims, cin, cout, kernel, stride, dilation),
+            norm_layer(norm, dims, cout, groups),
+            get_act_layer(act),
+        ]
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
@@ -110,9 +145,19 @@ class DoubleConv(nn.Sequential):
     """Two :class:`ConvNormAct`; the first may be strided (UNet's down-sampling by conv)."""
 
     def __init__(
-        self, dims: int, cin: int, cout: int, *, norm: str, groups: int, act: str, dropout: float = 0.0, stride: int = 1
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        *,
+        norm: str,
+        groups: int,
+        act: str,
+        dropout: float = 0.0,
+        stride: AxisSize = 1,
+        kernel: AxisSize = 3,
     ) -> None:
-        kw = {"norm": norm, "groups": groups, "act": act, "dropout": dropout}
+        kw = {"norm": norm, "groups": groups, "act": act, "dropout": dropout, "kernel": kernel}
         super().__init__(ConvNormAct(dims, cin, cout, stride=stride, **kw), ConvNormAct(dims, cout, cout, **kw))
 
 
@@ -134,21 +179,26 @@ class ResidualUnit(nn.Module):
         groups: int,
         act: str,
         dropout: float = 0.0,
-        stride: int = 1,
+        stride: AxisSize = 1,
         dilations: Sequence[int] = (1,),
+        kernel: AxisSize = 3,
     ) -> None:
         super().__init__()
 
         def branch(d: int) -> nn.Sequential:
-            layers = [conv(dims, cin, cout, 3, stride, d), norm_layer(norm, dims, cout, groups), get_act_layer(act)]
+            layers = [
+                conv(dims, cin, cout, kernel, stride, d),
+                norm_layer(norm, dims, cout, groups),
+                get_act_layer(act),
+            ]
             if dropout:
                 layers.append(nn.Dropout(dropout))
-            return nn.Sequential(*layers, conv(dims, cout, cout, 3, 1, d), norm_layer(norm, dims, cout, groups))
+            return nn.Sequential(*layers, conv(dims, cout, cout, kernel, 1, d), norm_layer(norm, dims, cout, groups))
 
         self.branches = nn.ModuleList(branch(d) for d in dilations)
         self.shortcut = (
             nn.Identity()
-            if cin == cout and stride == 1
+            if cin == cout and set(per_axis(stride, dims)) == {1}
             else nn.Sequential(conv(dims, cin, cout, 1, stride), norm_layer(norm, dims, cout, groups))
         )
         self.act = get_act_layer(act)
@@ -164,7 +214,16 @@ class _PreActConv(nn.Module):
     """norm → act → conv (→ dropout) over the concatenation of its inputs (DenseNet's layer)."""
 
     def __init__(
-        self, dims: int, cin: int, cout: int, kernel: int, *, norm: str, groups: int, act: str, dropout: float = 0.0
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        kernel: AxisSize,
+        *,
+        norm: str,
+        groups: int,
+        act: str,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm = norm_layer(norm, dims, cin, groups)
@@ -204,11 +263,12 @@ class DenseBlock(nn.Module):
         act: str,
         dropout: float = 0.0,
         checkpointing: bool = False,
+        kernel: AxisSize = 3,
     ) -> None:
         super().__init__()
         kw = {"norm": norm, "groups": groups, "act": act}
         self.layers = nn.ModuleList(
-            _PreActConv(dims, cin + i * growth, growth, 3, dropout=dropout, **kw) for i in range(layers)
+            _PreActConv(dims, cin + i * growth, growth, kernel, dropout=dropout, **kw) for i in range(layers)
         )
         self.transition = _PreActConv(dims, cin + layers * growth, cout, 1, **kw)
         self.shortcut = nn.Identity() if cin == cout else conv(dims, cin, cout, 1)
@@ -227,7 +287,7 @@ class DenseBlock(nn.Module):
 
 
 class Upsample(nn.Module):
-    """×2 up-sampling from ``cin`` to ``cout`` channels.
+    """×``scale`` up-sampling (default 2; one int or one per axis) from ``cin`` to ``cout`` channels.
 
     ``"transpose"``: transposed conv, kernel 2 stride 2 (the seed's 反卷积; no overlapping
     kernels, so no checkerboard). ``"interp"``: 1×1 conv then (bi/tri)linear interpolation; both
@@ -235,22 +295,33 @@ class Upsample(nn.Module):
     eighth (3D) of the cost.
     """
 
-    def __init__(self, dims: int, cin: int, cout: int, mode: str = "transpose") -> None:
+    def __init__(self, dims: int, cin: int, cout: int, mode: str = "transpose", scale: AxisSize = 2) -> None:
         super().__init__()
         check_choice("upsample", mode, UPSAMPLES)
         self.mode = mode
         self.interp = "bilinear" if dims == 2 else "trilinear"
+        self.scale = _plain(scale)
         self.conv = (
-            Conv[Conv.CONVTRANS, dims](cin, cout, 2, stride=2) if mode == "transpose" else conv(dims, cin, cout, 1)
+            Conv[Conv.CONVTRANS, dims](cin, cout, self.scale, stride=self.scale)
+            if mode == "transpose"
+            else conv(dims, cin, cout, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.mode == "interp":
-            x = F.interpolate(x, scale_factor=2, mode=self.interp, align_corners=False)
+            scale = self.scale if isinstance(self.scale, int) else tuple(float(s) for s in self.scale)
+            x = F.interpolate(x, scale_factor=scale, mode=self.interp, align_corners=False)
         return x
 
 
-def max_pool(dims: int) -> nn.Module:
-    """2× max-pooling for ``dims`` spatial dimensions."""
-    return Pool[Pool.MAX, dims](2)
+def max_pool(dims: int, stride: AxisSize = 2) -> nn.Module:
+    """Max-pooling by ``stride`` (one int or one per axis; 1 leaves that axis alone)."""
+    return Pool[Pool.MAX, dims](_plain(stride))
+
+
+def avg_pool(x: torch.Tensor, stride: AxisSize) -> torch.Tensor:
+    """Average-pool ``x`` (``BCHW[D]``) by ``stride`` per axis."""
+    dims = x.ndim - 2
+    pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+    return pool(x, _plain(stride))

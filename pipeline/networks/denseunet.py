@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
 from pipeline.networks._base import EncoderDecoder
-from pipeline.networks._blocks import DenseBlock, Upsample, check_common, conv, max_pool, norm_layer
+from pipeline.networks._blocks import DenseBlock, Upsample, avg_pool, check_common, conv, max_pool, norm_layer
 from pipeline.networks.unet import DEFAULT_CHANNELS
 from pipeline.registry import NETWORKS
 
@@ -67,6 +66,9 @@ class DenseUNet(EncoderDecoder):
         pad_mode: ``"replicate"`` or ``"zeros"``.
         deep_supervision: multi-scale output: in training mode return ``[full, 1/2, ...]`` logits.
         ds_heads: heads below full resolution (default ``levels - 2``).
+        strides: per-level, per-axis down-sampling (see :class:`pipeline.networks.unet.UNet`).
+        kernel_sizes: per-level, per-axis kernels of the dense layers and the stem (see
+            :class:`pipeline.networks.unet.UNet`).
 
     Raises:
         ValueError: a bad argument, naming the value.
@@ -96,6 +98,8 @@ class DenseUNet(EncoderDecoder):
         pad_mode: str = "replicate",
         deep_supervision: bool = False,
         ds_heads: int | None = None,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         ch = check_common(spatial_dims, in_channels, out_channels, channels, norm, norm_groups, act, dropout)
         if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
@@ -104,22 +108,36 @@ class DenseUNet(EncoderDecoder):
         for name, value in (("multiscale_input", multiscale_input), ("checkpointing", checkpointing)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
-        super().__init__(spatial_dims, in_channels, out_channels, len(ch), pad_mode, deep_supervision, ds_heads)
-        d = spatial_dims
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            len(ch),
+            pad_mode,
+            deep_supervision,
+            ds_heads,
+            strides,
+            kernel_sizes,
+        )
+        d, st, ks = spatial_dims, self.strides, self.kernel_sizes
         self.multiscale_input = multiscale_input
         kw = {"norm": norm, "groups": norm_groups, "act": act}
         dense = {"layers": dense_layers, "dropout": dropout, "checkpointing": checkpointing}
         inject = ch[0] if multiscale_input else 0
-        self.stem = conv(d, in_channels, ch[0], 3)
-        self.pool = max_pool(d)
-        self.inputs = nn.ModuleList(conv(d, in_channels, inject, 3) for _ in range(len(ch) - 1 if inject else 0))
+        self.stem = conv(d, in_channels, ch[0], ks[0])
+        isotropic = len(set(st)) == 1
+        # one shared pool module when every level pools alike keeps the default's module tree
+        self.pool = max_pool(d, st[0]) if isotropic else nn.ModuleList(max_pool(d, s) for s in st)
+        self.inputs = nn.ModuleList(
+            conv(d, in_channels, inject, ks[i + 1]) for i in range(len(ch) - 1 if inject else 0)
+        )
         self.encoder = nn.ModuleList(
-            DenseBlock(d, ch[i - 1] + inject if i else ch[0], ch[i], growth=growth[i], **dense, **kw)
+            DenseBlock(d, ch[i - 1] + inject if i else ch[0], ch[i], growth=growth[i], kernel=ks[i], **dense, **kw)
             for i in range(len(ch))
         )
-        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample) for i in range(len(ch) - 1))
+        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample, st[i]) for i in range(len(ch) - 1))
         self.decoder = nn.ModuleList(
-            DenseBlock(d, 2 * ch[i], ch[i], growth=growth[i], **dense, **kw) for i in range(len(ch) - 1)
+            DenseBlock(d, 2 * ch[i], ch[i], growth=growth[i], kernel=ks[i], **dense, **kw) for i in range(len(ch) - 1)
         )
 
         def head(c: int) -> nn.Module:
@@ -134,9 +152,9 @@ class DenseUNet(EncoderDecoder):
         h = self.encoder[0](self.stem(x))
         skips = [h]
         for i in range(1, len(self.encoder)):
-            h = self.pool(h)
+            h = self.pool(h) if not isinstance(self.pool, nn.ModuleList) else self.pool[i - 1](h)
             if self.multiscale_input:
-                image = F.avg_pool2d(image, 2) if self.spatial_dims == 2 else F.avg_pool3d(image, 2)
+                image = avg_pool(image, self.strides[i - 1])
                 h = torch.cat([h, self.inputs[i - 1](image)], 1)
             h = self.encoder[i](h)
             skips.append(h)

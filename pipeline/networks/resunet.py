@@ -63,6 +63,8 @@ class ResUNet(EncoderDecoder):
         pad_mode: ``"replicate"`` or ``"zeros"``.
         deep_supervision: in training mode return ``[full, 1/2, 1/4, ...]`` logits.
         ds_heads: heads below full resolution (default ``levels - 2``).
+        strides: per-level, per-axis down-sampling (see :class:`pipeline.networks.unet.UNet`).
+        kernel_sizes: per-level, per-axis conv kernels (see :class:`pipeline.networks.unet.UNet`).
 
     Raises:
         ValueError: a bad argument, e.g. ``dilations`` whose length is not ``len(channels)``.
@@ -90,6 +92,8 @@ class ResUNet(EncoderDecoder):
         pad_mode: str = "replicate",
         deep_supervision: bool = False,
         ds_heads: int | None = None,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         ch = check_common(spatial_dims, in_channels, out_channels, channels, norm, norm_groups, act, dropout)
         if isinstance(dilations, int) and not isinstance(dilations, bool):
@@ -98,16 +102,34 @@ class ResUNet(EncoderDecoder):
         if len(dilations) != len(ch):
             raise ValueError(f"dilations needs one entry per level ({len(ch)}), got {dilations!r}")
         rates = [_rates(e, i) for i, e in enumerate(dilations)]
-        super().__init__(spatial_dims, in_channels, out_channels, len(ch), pad_mode, deep_supervision, ds_heads)
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            len(ch),
+            pad_mode,
+            deep_supervision,
+            ds_heads,
+            strides,
+            kernel_sizes,
+        )
         self.dilations = tuple(rates)
-        d = spatial_dims
+        d, st, ks = spatial_dims, self.strides, self.kernel_sizes
         kw = {"norm": norm, "groups": norm_groups, "act": act, "dropout": dropout}
         self.encoder = nn.ModuleList(
-            ResidualUnit(d, ch[i - 1] if i else in_channels, ch[i], stride=2 if i else 1, dilations=rates[i], **kw)
+            ResidualUnit(
+                d,
+                ch[i - 1] if i else in_channels,
+                ch[i],
+                stride=st[i - 1] if i else 1,
+                dilations=rates[i],
+                kernel=ks[i],
+                **kw,
+            )
             for i in range(len(ch))
         )
-        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample) for i in range(len(ch) - 1))
+        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample, st[i]) for i in range(len(ch) - 1))
         self.decoder = nn.ModuleList(
-            ResidualUnit(d, 2 * ch[i], ch[i], dilations=rates[i], **kw) for i in range(len(ch) - 1)
+            ResidualUnit(d, 2 * ch[i], ch[i], dilations=rates[i], kernel=ks[i], **kw) for i in range(len(ch) - 1)
         )
         self.build_heads(ch, lambda c: conv(d, c, out_channels, 1, bias=True))

@@ -31,9 +31,10 @@ DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 class UNet(EncoderDecoder):
     """U-Net: conv-norm-act ×2 blocks, max-pool or strided-conv down, transposed-conv up, concat skips.
 
-    Level ``i`` has ``channels[i]`` channels at ``1/2**i`` resolution; the input is padded to a
-    multiple of :attr:`size_divisor` ``= 2**(len(channels) - 1)`` and the logits cropped back
-    (see :mod:`pipeline.networks._base`).
+    Level ``i`` has ``channels[i]`` channels at ``1/2**i`` resolution (per axis: the product of
+    the first ``i`` ``strides``); the input is padded to a multiple of :attr:`size_divisor`
+    ``= 2**(len(channels) - 1)`` by default and the logits cropped back (see
+    :mod:`pipeline.networks._base`).
 
     Args:
         spatial_dims: 2 (``BCHW``) or 3 (``BCHWD``).
@@ -53,6 +54,10 @@ class UNet(EncoderDecoder):
         pad_mode: ``"replicate"`` or ``"zeros"`` padding up to :attr:`size_divisor`.
         deep_supervision: in training mode return ``[full, 1/2, 1/4, ...]`` logits.
         ds_heads: number of heads below full resolution (default ``levels - 2``).
+        strides: per-level down-sampling, each an int or one per axis, 1 or 2 (``levels - 1``
+            entries, or nnU-Net's ``pool_op_kernel_sizes`` with its leading ones); default 2.
+        kernel_sizes: per-level conv kernel, each an odd int or one per axis (nnU-Net's
+            ``conv_kernel_sizes``); default 3.
 
     Raises:
         ValueError: a bad argument, naming the value and the options.
@@ -62,6 +67,9 @@ class UNet(EncoderDecoder):
         >>> net = UNet(2, 1, 2, channels=(8, 16, 32))
         >>> net(torch.zeros(1, 1, 37, 53)).shape
         torch.Size([1, 2, 37, 53])
+        >>> thick = UNet(3, 1, 2, channels=(4, 8, 16), strides=[[2, 2, 1], [2, 2, 2]], kernel_sizes=[[3, 3, 1], 3, 3])
+        >>> thick.size_divisor, thick(torch.zeros(1, 1, 37, 45, 9)).shape
+        ((4, 4, 2), torch.Size([1, 2, 37, 45, 9]))
     """
 
     def __init__(
@@ -80,20 +88,32 @@ class UNet(EncoderDecoder):
         pad_mode: str = "replicate",
         deep_supervision: bool = False,
         ds_heads: int | None = None,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         ch = check_common(spatial_dims, in_channels, out_channels, channels, norm, norm_groups, act, dropout)
         check_choice("downsample", downsample, ("pool", "conv"))
         check_choice("upsample", upsample, ("transpose", "interp"))
-        super().__init__(spatial_dims, in_channels, out_channels, len(ch), pad_mode, deep_supervision, ds_heads)
-        d = spatial_dims
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            len(ch),
+            pad_mode,
+            deep_supervision,
+            ds_heads,
+            strides,
+            kernel_sizes,
+        )
+        d, st, ks = spatial_dims, self.strides, self.kernel_sizes
         kw = {"norm": norm, "groups": norm_groups, "act": act, "dropout": dropout}
-        enc = [DoubleConv(d, in_channels, ch[0], **kw)]
+        enc = [DoubleConv(d, in_channels, ch[0], kernel=ks[0], **kw)]
         for i in range(1, len(ch)):
             if downsample == "pool":
-                enc.append(nn.Sequential(max_pool(d), DoubleConv(d, ch[i - 1], ch[i], **kw)))
+                enc.append(nn.Sequential(max_pool(d, st[i - 1]), DoubleConv(d, ch[i - 1], ch[i], kernel=ks[i], **kw)))
             else:
-                enc.append(DoubleConv(d, ch[i - 1], ch[i], stride=2, **kw))
+                enc.append(DoubleConv(d, ch[i - 1], ch[i], stride=st[i - 1], kernel=ks[i], **kw))
         self.encoder = nn.ModuleList(enc)
-        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample) for i in range(len(ch) - 1))
-        self.decoder = nn.ModuleList(DoubleConv(d, 2 * ch[i], ch[i], **kw) for i in range(len(ch) - 1))
+        self.up = nn.ModuleList(Upsample(d, ch[i + 1], ch[i], upsample, st[i]) for i in range(len(ch) - 1))
+        self.decoder = nn.ModuleList(DoubleConv(d, 2 * ch[i], ch[i], kernel=ks[i], **kw) for i in range(len(ch) - 1))
         self.build_heads(ch, lambda c: conv(d, c, out_channels, 1, bias=True))
