@@ -73,7 +73,8 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
     loss = cfg["loss"]
     if kind == "cell":
         assert loss["name"] == "compound" and loss["boundary"]["name"] == "band_bce"
-        assert cfg["transforms"]["channels"] == [0, 1, 2]  # the constant alpha channel is dropped
+        # pipeline.io reads the RGBA PNGs as RGB (alpha dropped), as training does: all three channels
+        assert cfg["transforms"]["channels"] is None and cfg["network"]["in_channels"] == 3
     elif kind in ("vessel2d", "vessel3d"):
         assert loss["name"] == "compound" and loss["boundary"]["name"] == "boundary"
     else:

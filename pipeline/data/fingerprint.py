@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.io import read_image, read_label
 
 __all__ = [
     "FINGERPRINT_FILE",
@@ -111,49 +112,36 @@ def read_items(root: str | Path, fmt: str | None = None) -> tuple[str, Any]:
 
 
 def _read_case(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Read one case: ``image`` ``C × spatial`` float32, ``label`` (spatial ints, 0 background),
-    ``instance`` (spatial ids or None), ``spacing`` and ``axcodes`` in the returned axis order."""
+    """Read one case through :mod:`pipeline.io` (the one reader): ``image`` ``C × spatial``
+    float32, ``label`` (spatial ints, 0 background), ``instance`` (spatial ids or None),
+    ``spacing`` and ``axcodes``, 3D in RAS axis order (what training reorients to)."""
+    import nibabel as nib
+
     images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-    first = str(images[0]).lower()
-    if first.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        chans, affine, zooms = [], None, None
-        for path in images:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-            affine, zooms = img.affine, img.header.get_zooms()[:3]
-            chans += [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[-1])]
-        ornt = nib.io_orientation(affine)
-        # voxel axis v goes to world axis ornt[v, 0]: report everything in RAS axis order
-        order = np.argsort(ornt[:, 0].astype(int))
-        image = np.stack([c.transpose(order) for c in chans])
-        spacing = tuple(float(zooms[v]) for v in order)
-        axcodes = "".join(nib.aff2axcodes(affine))
-        label = np.asarray(nib.load(str(item["label"])).dataobj).transpose(order)
-        return {"image": image, "label": label, "instance": None, "spacing": spacing, "axcodes": axcodes}
-    from PIL import Image
-
-    def read2d(path: str) -> np.ndarray:
-        with Image.open(path) as im:
-            if im.mode == "P":
-                im = im.convert("L")
-            return np.asarray(im)
-
-    arr = read2d(str(images[0]))
-    chans = [arr[..., c] for c in range(arr.shape[-1])] if arr.ndim == 3 else [arr]
-    chans += [read2d(str(p)) for p in images[1:]]
-    image = np.stack([c.T for c in chans]).astype(np.float32)  # H W -> the loader's W H
-    if isinstance(item["label"], list):  # one binary mask per object (DSB2018)
+    loaded = [read_image(p) for p in images]
+    image = np.concatenate([np.asarray(x) for x in loaded])
+    labels = item["label"] if isinstance(item["label"], list) else None
+    if labels is not None:  # one binary mask per object (DSB2018)
         instance = np.zeros(image.shape[1:], np.int32)
-        for k, path in enumerate(item["label"], 1):
-            m = read2d(str(path))
-            instance[(m.T if m.ndim == 2 else m[..., 0].T) > 0] = k
+        for k, path in enumerate(labels, 1):
+            instance[read_label(path).array > 0] = k
         label = (instance > 0).astype(np.int32)
     else:
-        lab = read2d(str(item["label"]))
-        label, instance = (lab if lab.ndim == 2 else lab[..., 0]).T, None
-    return {"image": image, "label": label, "instance": instance, "spacing": (1.0, 1.0), "axcodes": None}
+        read = read_label(item["label"])
+        label, instance = read.array, None
+    if image.ndim == 3:
+        return {"image": image, "label": label, "instance": instance, "spacing": (1.0, 1.0), "axcodes": None}
+    affine = np.asarray(loaded[0].affine, dtype=np.float64)
+    # voxel axis v goes to world axis ornt[v, 0]: report everything in RAS axis order
+    order = np.argsort(nib.io_orientation(affine)[:, 0].astype(int))
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return {
+        "image": image.transpose(0, *(order + 1)),
+        "label": label.transpose(order),
+        "instance": instance.transpose(order) if instance is not None else None,
+        "spacing": tuple(float(zooms[v]) for v in order),
+        "axcodes": "".join(nib.aff2axcodes(affine)),
+    }
 
 
 # --- per case ------------------------------------------------------------------------------------
