@@ -165,7 +165,7 @@ def trained_3d(tmp_path_factory):
     """A 1-epoch 3D checkpoint (resampled to 1.5×1.2×1 mm, RAS, TTA) and two NIfTI volumes whose
     affines are flipped and anisotropic, so orientation and spacing both have work to undo."""
     base = tmp_path_factory.mktemp("export3d")
-    root = write_folders(base / "data", n=3, size=18, dims=3)
+    root = write_folders(base / "data", n=3, size=26, dims=3)  # 17 x 21 x 26 after resampling: above the patch
     cfg = tiny_config(
         root,
         base / "run",
