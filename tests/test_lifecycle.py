@@ -239,3 +239,21 @@ def test_extending_a_finished_cosine_run_follows_the_longer_curve_at_once(tmp_pa
 
     assert lrs[:3] == pytest.approx([cosine(e, 3) for e in range(3)], rel=1e-5)  # log.csv keeps 6 digits
     assert lrs[3:] == pytest.approx([cosine(e, 6) for e in range(3, 6)], rel=1e-5), "epoch 4 on the 6-epoch curve"
+
+
+def test_the_time_budget_stops_inside_an_epoch(tmp_path, capsys):
+    import time as clock
+
+    from pipeline.cli import main
+    from pipeline.engines.checkpoint import load_checkpoint
+
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    # one epoch of 100,000 steps would take hours: the budget (3 s) must stop it inside the epoch
+    cfg = tiny_config(data, tmp_path / "run", train={"epochs": 5, "iterations_per_epoch": 100000, "time_budget": 0.05})
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    start = clock.perf_counter()
+    assert main(["train", "-c", config]) == 0
+    assert clock.perf_counter() - start < 90
+    assert "time budget of 0.05 min reached" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["best_epoch"] == 1  # validated, then saved

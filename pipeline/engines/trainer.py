@@ -169,6 +169,7 @@ class Trainer:
         self.state = TrainState()
         self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(self.amp_dtype) else None
         self.stop_reason: str | None = None
+        self._budget_hit = False
         self._windows = WindowCache()  # validation images repeat every epoch: their window plans too
         self._session_start = 0.0
         self._best_pending = False
@@ -294,6 +295,7 @@ class Trainer:
         """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder."""
         self._session_start = time.perf_counter() - self.state.elapsed
         self._first_epoch, self._elapsed_at_start = self.state.epoch, self.state.elapsed
+        self._budget_hit = False
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -454,6 +456,8 @@ class Trainer:
                 losses.append(self.train_step(batch))
                 done += 1
                 bar.update()
+                if self._out_of_time(done):
+                    break  # the budget holds within one step, not one epoch (an epoch can take hours)
                 if done % 10 == 0 or done == total:
                     postfix = {"loss": f"{torch.stack(losses[-10:]).mean().item():.4f}"}
                     column = f"val_{self.val_metric}"
@@ -463,6 +467,8 @@ class Trainer:
                     bar.set_postfix(postfix)
                 if done >= total:
                     break
+            if self._budget_hit:
+                break
         bar.close()
         mean = torch.stack(losses).mean()
         if self.world_size > 1:
@@ -472,6 +478,17 @@ class Trainer:
         if not math.isfinite(value):
             raise MedsegError(f"training diverged at epoch {epoch + 1}: loss is {value}; lower optimizer.lr")
         return value
+
+    def _out_of_time(self, steps: int) -> bool:
+        """Whether ``train.time_budget`` is spent, checked after every step (under DDP every tenth,
+        agreed by all ranks, so they stop at the same step)."""
+        if self.time_budget is None or self._budget_hit:
+            return self._budget_hit
+        if self.world_size > 1 and steps % 10:
+            return False
+        spent = time.perf_counter() - self._session_start > self.time_budget * 60
+        self._budget_hit = self._all_ranks_any(spent)
+        return self._budget_hit
 
     def validate(self) -> torch.Tensor:
         """Mean ``train.val_metric`` per foreground class over the validation set (all-reduced under DDP)."""
@@ -507,7 +524,7 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
                 record["train_loss"] = self.train_epoch(epoch)
                 record.update({f"w_{k}": v for k, v in self.loss_weights().items()})
-                over_budget = self._all_ranks_any(
+                over_budget = self._budget_hit or self._all_ranks_any(
                     self.time_budget is not None and time.perf_counter() - self._session_start > self.time_budget * 60
                 )
                 if self.should_validate(epoch) or (over_budget and self.val_loader is not None):
