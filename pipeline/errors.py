@@ -79,3 +79,20 @@ def list_some(names: Iterable[object], first: int = 5) -> str:
     names = [str(n) for n in names]
     head = ", ".join(names[:first])
     return head + (f" (+{len(names) - first} more)" if len(names) > first else "")
+
+
+class DiskFullError(MedsegError, OSError):
+    """The disk (or the file-size limit, ``ulimit -f``) stopped a write; nothing half-written is left.
+
+    Example:
+        >>> import errno
+        >>> err = DiskFullError("/runs/x/last.pt", OSError(errno.ENOSPC, "No space left on device"), 0.5)
+        >>> str(err).split(";")[0]
+        '/runs/x/last.pt: No space left on device (0.5 MiB free there)'
+    """
+
+    def __init__(self, path: object, cause: OSError, free_mib: float | None) -> None:
+        free = f" ({free_mib:.1f} MiB free there)" if free_mib is not None else ""
+        super().__init__(
+            f"{path}: {cause.strerror}{free}; free some space and run the same command again (training: with --resume)"
+        )

@@ -41,6 +41,7 @@ rename. The file is created with mode ``0o666`` minus the umask (what ``open`` w
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import re
@@ -55,7 +56,7 @@ from monai.data import MetaTensor, NibabelReader, PILReader
 from monai.transforms import LoadImage
 from PIL import Image
 
-from pipeline.errors import ConfigError, DataError, list_some
+from pipeline.errors import ConfigError, DataError, DiskFullError, list_some
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -581,10 +582,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            raise DiskFullError(path, err, _free_mib(path.parent)) from err
         raise
     _fsync_dir(path.parent)
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _free_mib(folder: Path) -> float | None:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize / 2**20
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

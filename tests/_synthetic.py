@@ -156,8 +156,6 @@ def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
     """
     import signal
 
-    import torch
-
     from pipeline.cli import main
     from pipeline.engines import checkpoint
 
@@ -167,24 +165,30 @@ def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if fault == "write":
-        real_save = torch.save
+        import contextlib
 
-        def save(obj, fh, *args, **kwargs):
-            if not str(getattr(fh, "name", "")).endswith(".last.pt.tmp"):
-                return real_save(obj, fh, *args, **kwargs)
-            saves["n"] += 1
-            if saves["n"] < at:
-                return real_save(obj, fh, *args, **kwargs)
-            import io
+        real_atomic = checkpoint.atomic_write
 
-            buf = io.BytesIO()
-            real_save(obj, buf, *args, **kwargs)
-            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
-            die()
+        @contextlib.contextmanager
+        def atomic(path, *args, **kwargs):
+            with real_atomic(path, *args, **kwargs) as fh:
+                if Path(path).name == "last.pt":
+                    saves["n"] += 1
+                if Path(path).name != "last.pt" or saves["n"] < at:
+                    yield fh
+                    return
 
-        checkpoint.torch.save = save
+                class HalfThenDie:  # half of the bytes reach the temporary file, then SIGKILL
+                    def write(self, data):
+                        data = bytes(data)
+                        fh.write(data[: len(data) // 2])
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                        die()
+
+                yield HalfThenDie()
+
+        checkpoint.atomic_write = atomic
     elif fault == "rename":
         real_replace = os.replace
 

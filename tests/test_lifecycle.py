@@ -257,3 +257,42 @@ def test_the_time_budget_stops_inside_an_epoch(tmp_path, capsys):
     assert "time budget of 0.05 min reached" in capsys.readouterr().out
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["best_epoch"] == 1  # validated, then saved
+
+
+def _train_limited(config: str, limit: int | None, *extra: str) -> subprocess.CompletedProcess:
+    import resource
+
+    def cap() -> None:  # `ulimit -f`: no file may grow past `limit` bytes
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**subprocess_env(), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline.cli", "train", "-c", config, *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=cap if limit else None,
+    )
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_resume_works_after(tmp_path):
+    data = write_folders(tmp_path / "data", n=4, size=32)
+    cfg = tiny_config(data, tmp_path / "run", train={"epochs": 1})
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    assert _train_limited(config, None).returncode == 0
+    run = tmp_path / "run"
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    size = len(good)
+    done = _train_limited(config, size // 2, "--resume", "--set", "train.epochs=2")  # the next checkpoint cannot fit
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, lines[-5:]
+    assert "File too large" in lines[-1] and "MiB free there" in lines[-1] and "--resume" in lines[-1], lines[-1]
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good, "the earlier checkpoint is intact"
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "no temporary file left"
+    assert _train_limited(config, None, "--resume", "--set", "train.epochs=2").returncode == 0  # space freed
+    from pipeline.engines.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["epoch"] == 2

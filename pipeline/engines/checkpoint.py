@@ -9,6 +9,7 @@ damaged later (a full disk during a copy, a truncated download) still leaves one
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -41,8 +42,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
     path = Path(path)
     if "config" in state:  # a resolved (read-only) config is stored as plain dicts and lists
         state = {**state, "config": plain(state["config"])}
+    # serialised in memory first: torch's zip writer reports a short write (a full disk, a file-size
+    # limit) as an opaque RuntimeError, a plain write as the OSError that names the problem
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
     with atomic_write(path) as fh:
-        torch.save({"format": FORMAT, **state}, fh)
+        fh.write(buffer.getbuffer())
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
     return path
