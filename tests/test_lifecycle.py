@@ -145,11 +145,16 @@ def test_training_prints_one_line_per_epoch_when_output_is_not_a_terminal(tmp_pa
     from pipeline.cli import main
 
     data = write_folders(tmp_path / "data", n=4, size=32)
-    config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run"))
+    config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run", train={"iterations_per_epoch": 5}))
     assert main(["train", "-c", config]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2, err
+    # before the first epoch line: what the run is about to do, and its length measured from its first steps
+    head = err.split("epoch 1/2")[0]
+    assert re.search(r"training unet \(0\.\d\d M parameters\) on cpu, 1 thread\(s\): 3 training / 1 validation", head)
+    assert "patch 32x32, batch 2 x 2 crop(s)" in head and "epochs 1-2" in head
+    assert re.search(r"s per step over the first \d: about \d+(\.\d)? (s|min) of training left", head), head
     pattern = (
         r"^epoch 1/2  loss \d+\.\d{4}  val dice \d\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d s/epoch  ETA \d+\.\d min$"
     )

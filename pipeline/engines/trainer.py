@@ -298,6 +298,41 @@ class Trainer:
         self._budget_hit = False
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            tqdm.write(self.start_summary(), file=sys.stderr)
+
+    def start_summary(self) -> str:
+        """What the run is about to do, before its first step (printed by :meth:`on_train_start`)."""
+        n_train = len(getattr(self.train_loader, "dataset", ()) or ())
+        n_val = len(getattr(self.val_loader, "dataset", ()) or ()) if self.val_loader is not None else 0
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        train = self.config["train"]
+        crops = self.config["transforms"]["num_samples"]
+        patch = "x".join(str(v) for v in self.config["transforms"]["patch_size"])
+        threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        ranks = f" x {self.world_size} processes" if self.world_size > 1 else ""
+        return (
+            f"training {self.config['network']['name']} ({params:.2f} M parameters) on {self.device}{threads}{ranks}: "
+            f"{n_train} training / {n_val} validation case(s), patch {patch}, batch {train['batch_size']} x {crops} "
+            f"crop(s), {self._steps_per_epoch()} steps per epoch, epochs {self.state.epoch + 1}-{self.epochs}"
+            + (f", budget {self.time_budget:g} min" if self.time_budget is not None else "")
+        )
+
+    def _steps_per_epoch(self) -> int:
+        return self.iterations_per_epoch or len(self.train_loader)  # type: ignore[arg-type]
+
+    def _estimate(self, steps: int, seconds: float) -> str:
+        """The run's length extrapolated from its first ``steps`` steps (validation not included)."""
+        left = (self.epochs - self.state.epoch) * self._steps_per_epoch()
+        minutes = seconds / steps * left / 60
+        span = f"{minutes:.1f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+        line = f"{seconds / steps:.2f} s per step over the first {steps}: about {span} of training left"
+        if self.time_budget is not None and minutes > self.time_budget:
+            reach = self.state.epoch + self.time_budget * 60 / (seconds / steps * self._steps_per_epoch())
+            line += (
+                f"; warning: longer than train.time_budget ({self.time_budget:g} min), which stops it at about "
+                f"epoch {int(reach)} of {self.epochs}"
+            )
+        return line
 
     def on_epoch_start(self, epoch: int) -> None:
         """Before each epoch (0-based): reseeds every generator, tells the loss the epoch, train mode."""
@@ -445,17 +480,23 @@ class Trainer:
         return dict(weights) if isinstance(weights, Mapping) else {}
 
     def train_epoch(self, epoch: int) -> float:
-        total = self.iterations_per_epoch or len(self.train_loader)  # type: ignore[arg-type]
+        total = self._steps_per_epoch()
         bar = tqdm(
             total=total, desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if self.progress else True, leave=False
         )
         losses: list[torch.Tensor] = []
         done = 0
+        first = epoch == self._first_epoch
         while done < total:
             for batch in self.train_loader:
+                if first and done == 1:
+                    timed_from = time.perf_counter()  # after the first step: compile, caches and allocator warm-up
                 losses.append(self.train_step(batch))
                 done += 1
                 bar.update()
+                if first and self.is_main and done == min(4, total) and done > 1:
+                    torch.stack(losses[-1:]).sum().item()  # wait for the device before reading the clock
+                    tqdm.write(self._estimate(done - 1, time.perf_counter() - timed_from), file=sys.stderr)
                 if self._out_of_time(done):
                     break  # the budget holds within one step, not one epoch (an epoch can take hours)
                 if done % 10 == 0 or done == total:
