@@ -147,7 +147,7 @@ def test_training_prints_one_line_per_epoch_when_output_is_not_a_terminal(tmp_pa
     data = write_folders(tmp_path / "data", n=4, size=32)
     config = write_config(tmp_path / "cfg.yaml", tiny_config(data, tmp_path / "run", train={"iterations_per_epoch": 5}))
     assert main(["train", "-c", config]) == 0
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out  # progress on stdout: stderr stays for warnings and the one-line errors
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2, err
     # before the first epoch line: what the run is about to do, and its length measured from its first steps

@@ -298,7 +298,7 @@ class Trainer:
         self._budget_hit = False
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            tqdm.write(self.start_summary(), file=sys.stderr)
+            tqdm.write(self.start_summary(), file=sys.stdout)
 
     def start_summary(self) -> str:
         """What the run is about to do, before its first step (printed by :meth:`on_train_start`)."""
@@ -435,7 +435,7 @@ class Trainer:
             self._best_pending = False
         self.save("last")
         if self.is_main:
-            tqdm.write(self.epoch_line(record), file=sys.stderr)
+            tqdm.write(self.epoch_line(record), file=sys.stdout)
             report.write_history(self.state.history, self.run_dir / "log.csv")
             if f"val_{self.val_metric}" in record:
                 report.plot_curves(self.state.history, self.run_dir / "curves.png", metric=self.val_metric)
@@ -496,7 +496,7 @@ class Trainer:
                 bar.update()
                 if first and self.is_main and done == min(4, total) and done > 1:
                     torch.stack(losses[-1:]).sum().item()  # wait for the device before reading the clock
-                    tqdm.write(self._estimate(done - 1, time.perf_counter() - timed_from), file=sys.stderr)
+                    tqdm.write(self._estimate(done - 1, time.perf_counter() - timed_from), file=sys.stdout)
                 if self._out_of_time(done):
                     break  # the budget holds within one step, not one epoch (an epoch can take hours)
                 if done % 10 == 0 or done == total:
