@@ -358,16 +358,6 @@ class Config(FrozenDict):
         data["transforms"]["label_values"] = values
         return Config(data, self.source)
 
-    def replace(self, **sections_: Mapping[str, Any]) -> Config:
-        """A new resolved config with whole sections replaced (validated again: a new config).
-
-        Example:
-            >>> cfg = resolve({"network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}})
-            >>> cfg.replace(train={**cfg["train"], "epochs": 3})["train"]["epochs"]
-            3
-        """
-        return resolve({**self.to_dict(), **{k: _thaw(v) for k, v in sections_.items()}}, source=self.source)
-
 
 def _integer(network: Mapping[str, Any], key: str) -> int:
     value = network.get(key)
@@ -525,7 +515,6 @@ def build_component(
     registry: Registry,
     *args: Any,
     where: str = "",
-    nested: Mapping[str, Registry] | None = None,
     **extra: Any,
 ) -> Any:
     """Build a registered component from its resolved ``{name, **kwargs}`` mapping.
@@ -534,9 +523,8 @@ def build_component(
         spec: the resolved mapping.
         registry: where ``spec["name"]`` is registered.
         args / extra: arguments the caller supplies (not from YAML).
-        where: the key path, for errors.
-        nested: argument name → registry, for arguments that are components themselves
-            (built first; see :class:`pipeline.schema.Component`). Default: from the schema.
+        where: the key path, for errors. Arguments that are components themselves (declared
+            ``nested`` in the schema, see :class:`pipeline.schema.Component`) are built first.
 
     Raises:
         ConfigError: the arguments do not bind to the constructor, or the constructor's own
@@ -546,8 +534,7 @@ def build_component(
     name = spec["name"]
     target = registry.get(name)
     label = where or registry.kind
-    if nested is None:
-        nested = sections.nested_registries(registry, name)
+    nested = sections.nested_registries(registry, name)
     kwargs: dict[str, Any] = {}
     for key, value in spec.items():
         if key == "name":
