@@ -4,15 +4,28 @@ Every command reads files through this module (``train`` and ``check-data`` thro
 transform chain's loader, which is given :func:`read_image`; ``evaluate`` and ``infer`` directly),
 so a file means the same everywhere.
 
-Formats (:data:`SUFFIXES`, case-insensitive; ``.nii.gz`` is one suffix): NIfTI (``.nii``,
-``.nii.gz``) through nibabel, and 2D images (PNG, TIFF, GIF, JPEG, BMP) through Pillow, both by
-way of MONAI's readers, so a loaded image is a ``MetaTensor`` with MONAI's metadata (``affine``,
-``spatial_shape``, ``filename_or_obj``) that MONAI's ``Invertd`` and writers understand.
+Formats (:data:`SUFFIXES`, case-insensitive; ``.nii.gz`` is one suffix), all by way of MONAI's
+loader, so a loaded image is a ``MetaTensor`` with MONAI's metadata (``affine``,
+``spatial_shape``, ``filename_or_obj``) that MONAI's ``Invertd`` and writers understand:
+
+- NIfTI (``.nii``, ``.nii.gz``) through nibabel (MONAI's ``NibabelReader``);
+- NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``) through ITK (MONAI's
+  ``ITKReader`` / ``ITKWriter``; ``pip install 'medseg[formats]'``);
+- DICOM: a folder holding one series' slices, or one ``.dcm`` file, read by
+  :mod:`pipeline._dicom` with pydicom (``pip install 'medseg[dicom]'``; sorted along the slice
+  normal, rescaled to HU, a series with a missing or duplicated slice refused). Read only:
+  predictions of a series are written as NIfTI;
+- 2D images (PNG, TIFF, GIF, JPEG, BMP) through Pillow (MONAI's ``PILReader``).
 
 Axis order (one convention for training, inference and evaluation):
 
 - NIfTI: the file's voxel axes ``X Y [Z]`` as nibabel gives them; geometry is the header's affine
-  (spacing = the lengths of its columns, in mm).
+  (spacing = the lengths of its columns, in mm), voxel to RAS world millimetres.
+- NRRD / MetaImage / DICOM: the same ``X Y [Z]`` (ITK's index order, ``x`` fastest in the file)
+  and a voxel-to-RAS affine: the files store LPS directions and origin, MONAI's ``ITKReader``
+  (``affine_lps_to_ras``) and :mod:`pipeline._dicom` negate the first two world rows, and
+  :func:`write_image` negates them back, so a volume converted between NIfTI, NRRD and MHA keeps
+  one affine (within 1e-5 mm).
 - 2D images: MONAI's ``PILReader`` convention (``reverse_indexing=True``): a picture ``W`` pixels
   wide and ``H`` high is the array ``W H``, i.e. ``x`` first like NIfTI, the *transpose* of
   ``numpy.asarray(PIL.Image.open(path))``. Spacing is 1 per pixel, the affine the identity.
@@ -43,8 +56,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import importlib.util
+import logging
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -52,16 +69,22 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from monai.data import MetaTensor, NibabelReader, PILReader
+from monai.data import ImageReader, ITKReader, MetaTensor, NibabelReader, PILReader
+from monai.utils import MetaKeys, SpaceKeys
 from monai.transforms import LoadImage
 from PIL import Image
 
+from pipeline._dicom import is_series_folder, read_series, scan_series
 from pipeline.errors import ConfigError, DataError, DiskFullError, list_some
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "ITK_SUFFIXES",
+    "DICOM_SUFFIXES",
     "IMAGE_2D_SUFFIXES",
     "SUFFIXES",
+    "VOLUME_KINDS",
+    "image_geometry",
     "LabelImage",
     "CaseFiles",
     "split_suffix",
@@ -83,9 +106,14 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm",)
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
-SUFFIXES = NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES
-"""Every file ending this module reads (case-insensitive); ``.nii.gz`` is one suffix."""
+SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + DICOM_SUFFIXES + IMAGE_2D_SUFFIXES
+"""Every file ending this module reads (case-insensitive); ``.nii.gz`` is one suffix. A folder
+holding one DICOM series is read too (:func:`file_kind` ``"dicom"``)."""
+VOLUME_KINDS = ("nifti", "itk", "dicom")
+"""Kinds whose files carry a world geometry (an affine in mm), unlike 2D pictures."""
 
 _PIL_FORMATS = {
     ".png": "PNG",
@@ -97,7 +125,7 @@ _PIL_FORMATS = {
     ".bmp": "BMP",
 }
 _LOSSY = (".jpg", ".jpeg")
-_EXPECTED = "NIfTI .nii/.nii.gz or PNG/TIFF/GIF/JPEG/BMP"
+_EXPECTED = "NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, DICOM .dcm or a DICOM series folder, PNG/TIFF/GIF/JPEG/BMP"
 
 
 # ------------------------------------------------------------------------------------- names
@@ -127,18 +155,26 @@ def split_suffix(name: str) -> tuple[str, str]:
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """``"nifti"``, ``"2d"``, or ``None`` for a file this module does not read (by suffix).
+    """``"nifti"``, ``"itk"`` (NRRD, MetaImage), ``"dicom"``, ``"2d"``, or ``None`` for a file
+    this module does not read: by suffix, and for an existing folder by whether it holds DICOM
+    files (a series folder, :func:`pipeline._dicom.is_series_folder`).
 
     Example:
-        >>> file_kind("a.nii.gz"), file_kind("b.tif"), file_kind("c.mha")
-        ('nifti', '2d', None)
+        >>> file_kind("a.nii.gz"), file_kind("b.tif"), file_kind("c.mha"), file_kind("d.dcm"), file_kind("e.txt")
+        ('nifti', '2d', 'itk', 'dicom', None)
     """
+    if is_series_folder(path):
+        return "dicom"
     name = Path(path).name
     suffix = split_suffix(name)[1].lower()
     if len(name) <= len(suffix):
         return None
     if suffix in NIFTI_SUFFIXES:
         return "nifti"
+    if suffix in ITK_SUFFIXES:
+        return "itk"
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"
     if suffix in IMAGE_2D_SUFFIXES:
         return "2d"
     return None
@@ -155,8 +191,10 @@ def check_file(path: str | os.PathLike) -> Path:
         raise DataError(f"{path}: dangling symbolic link (its target {os.readlink(path)} does not exist)")
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir() and is_series_folder(path):
+        return path
     if not path.is_file():
-        raise DataError(f"{path}: not a file")
+        raise DataError(f"{path}: not a file (nor a folder of DICOM slices)")
     if file_kind(path) is None:
         raise DataError(f"{path}: unsupported file type (expected {_EXPECTED})")
     return path
@@ -171,8 +209,12 @@ def check_readable(path: str | os.PathLike) -> Path:
         DataError: naming the file and what is wrong.
     """
     path = check_file(path)
-    if file_kind(path) == "nifti":
+    kind = file_kind(path)
+    if kind == "nifti":
         _check_nifti_size(path)
+        return path
+    if kind in ("itk", "dicom"):
+        image_geometry(path)
         return path
     try:
         with Image.open(path) as img:
@@ -253,14 +295,59 @@ class _Image2DReader(PILReader):
         return np.require(data, requirements="W"), meta  # Pillow's buffers are read-only; torch warns on them
 
 
+class _DicomReader(ImageReader):
+    """A DICOM series (a folder) or one ``.dcm`` file as an ``X Y Z`` volume, for MONAI's loader,
+    by :func:`pipeline._dicom.read_series` (why not MONAI's ``PydicomReader``: see there)."""
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return all(file_kind(n) == "dicom" for n in names)
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        return read_series(data[0] if isinstance(data, (list, tuple)) else data)
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        volume, series = img
+        meta = {
+            MetaKeys.AFFINE: series.affine.copy(),
+            MetaKeys.ORIGINAL_AFFINE: series.affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            "series_uid": series.uid,
+        }
+        return volume, meta
+
+
+def _require_itk(path: Path) -> None:
+    if importlib.util.find_spec("itk") is None:
+        raise DataError(f"{path}: reading and writing NRRD / MetaImage needs ITK: pip install 'medseg[formats]'")
+
+
 @cache
 def _reader(kind: str) -> Any:
-    return NibabelReader() if kind == "nifti" else _Image2DReader()
+    if kind == "nifti":
+        return NibabelReader()
+    if kind == "itk":
+        return ITKReader()  # affine_lps_to_ras=True: RAS like NIfTI; X Y Z index order
+    if kind == "dicom":
+        return _DicomReader()
+    return _Image2DReader()
 
 
 @cache
 def _loader(dtype: Any) -> LoadImage:
-    return LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+    # LoadImage makes one of every MONAI reader; with pydicom installed, the nvImageCodec DICOM
+    # reader logs and warns on a machine without it, once per loader: not our users' concern
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec")
+            return LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
@@ -296,13 +383,69 @@ def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> MetaTensor:
         ((1, 3, 2), 7.0)
     """
     path = check_file(path)
-    if file_kind(path) == "nifti":
+    kind = file_kind(path)
+    if kind == "nifti":
         _check_nifti_size(path)
+    elif kind == "itk":
+        _require_itk(path)
     try:
-        return _loader(dtype)(str(path), reader=_reader(file_kind(path)))
+        return _loader(dtype)(str(path), reader=_reader(kind))
     except DataError:
         raise
     except Exception as err:  # nibabel / Pillow raise many types for a corrupt or truncated file
+        raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
+
+
+def image_geometry(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """The spatial shape (this module's axis order) and voxel-to-RAS affine of an image, from its
+    header only (no voxel data decoded); the affine is None for 2D pictures.
+
+    Raises:
+        DataError: as :func:`check_file`, or a header that cannot be read.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_image(f"{folder}/v.nii.gz", np.zeros((4, 5, 6), np.uint8), spacing=(2.0, 1.0, 3.0))
+        >>> shape, affine = image_geometry(f"{folder}/v.nii.gz")
+        >>> shape, np.diag(affine).tolist()
+        ((4, 5, 6), [2.0, 1.0, 3.0, 1.0])
+    """
+    path = check_file(path)
+    kind = file_kind(path)
+    if kind == "dicom":
+        series = scan_series(path)
+        return series.shape, series.affine
+    try:
+        if kind == "nifti":
+            import nibabel as nib
+
+            _check_nifti_size(path)
+            img = nib.load(str(path))
+            return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+        if kind == "itk":
+            _require_itk(path)
+            import itk
+
+            reader = itk.ImageFileReader.New(FileName=str(path))
+            reader.UpdateOutputInformation()
+            header = reader.GetImageIO()
+            dims = header.GetNumberOfDimensions()
+            shape = tuple(int(header.GetDimensions(i)) for i in range(dims))
+            lps = np.eye(4)
+            direction = np.array([[header.GetDirection(j)[i] for j in range(dims)] for i in range(dims)])
+            spacing = np.array([header.GetSpacing(i) for i in range(dims)])
+            lps[:dims, :dims] = direction * spacing
+            lps[:dims, 3] = [header.GetOrigin(i) for i in range(dims)]
+            ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+            if dims == 2:  # MONAI's ITKReader gives 2D files a 3x3 affine
+                ras = ras[np.ix_([0, 1, 3], [0, 1, 3])]
+            return shape, ras
+        with Image.open(path) as img:
+            return tuple(img.size), None
+    except DataError:
+        raise
+    except Exception as err:
         raise DataError(f"{path}: cannot read ({_first_line(err)})") from err
 
 
@@ -342,7 +485,8 @@ class LabelImage:
     Attributes:
         array: integer values, ``W H`` or ``X Y Z`` (see the module docstring).
         spacing: size of one pixel/voxel along each axis of ``array``, in mm (1.0 for 2D images).
-        affine: the NIfTI voxel-to-world affine (4x4), or None for 2D image formats.
+        affine: the voxel-to-RAS affine (4x4) of a volume (NIfTI, NRRD, MetaImage, DICOM), or None
+            for 2D image formats.
         path: the file it was read from.
     """
 
@@ -387,14 +531,14 @@ def read_label(path: str | os.PathLike) -> LabelImage:
     x = read_image(path, dtype=None)  # the file's own integers: exact, and a quarter of float32's memory
     path = Path(path)
     data = x.numpy()
-    if data.shape[0] > 1 and file_kind(path) == "nifti":
+    if data.shape[0] > 1 and file_kind(path) in VOLUME_KINDS:
         raise DataError(f"{path}: label image must be 2D or 3D, got {data.shape[0]} volumes of {data.shape[1:]}")
     if data.shape[0] > 1:
         if np.any(data != data[:1]):
             mode = x.meta.get("mode", f"{data.shape[0]} channels")
             raise DataError(f"{path}: colour label image (mode {mode}); save one class value per pixel")
     array = data[0]
-    nifti = file_kind(path) == "nifti"
+    nifti = file_kind(path) in VOLUME_KINDS  # a world geometry (NIfTI, NRRD, MetaImage, DICOM)
     ndim = array.ndim
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -635,6 +779,52 @@ def _nifti(array: np.ndarray, affine: np.ndarray | None, spacing: Sequence[float
     return img
 
 
+def _write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write NRRD / MetaImage by MONAI's ``ITKWriter`` (RAS affine in, LPS in the file), atomically.
+
+    ITK picks the format by the name, and ``.mhd`` / ``.nhdr`` put the voxels in a second file
+    beside the header, so the files are written into a hidden temporary folder next to ``path``
+    under their final names, then renamed into place, the header last: a header that exists
+    points at complete data.
+    """
+    from monai.data import ITKWriter
+
+    _require_itk(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp.d"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        writer = ITKWriter(output_dtype=array.dtype, affine_lps_to_ras=True)
+        writer.set_data_array(array, channel_dim=None, spatial_ndim=array.ndim)
+        writer.affine = affine  # as set_metadata(resample=False) would, without its resampler's round trip
+        writer.write(str(tmp / path.name), compression=True)
+        written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # the header last
+        for part in written:
+            with open(part, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(part, path.parent / part.name)
+    except BaseException as err:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            raise DiskFullError(path, err, _free_mib(path.parent)) from err
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def _affine_for(array: np.ndarray, affine: Any, spacing: Sequence[float] | None, like: Any) -> np.ndarray:
+    """The RAS affine to write: ``affine``, else the geometry of ``like``, else ``diag(spacing)``."""
+    if affine is None and like is not None:
+        affine = image_geometry(like)[1]
+    if affine is None:
+        affine = np.diag([*(spacing or (1.0,) * array.ndim), *(1.0,) * (4 - array.ndim)])
+    affine = np.asarray(affine, dtype=np.float64)
+    if array.ndim == 2 and affine.shape == (4, 4):  # a 2D image's 3x3, as MONAI's ITKReader gives it
+        affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    return affine
+
+
 def write_image(
     path: str | os.PathLike,
     array: np.ndarray,
@@ -646,16 +836,17 @@ def write_image(
     """Write an array atomically in the format its suffix names, in this module's axis order.
 
     Args:
-        path: output file (:data:`SUFFIXES`).
-        array: NIfTI: ``X Y [Z]`` of any dtype nibabel stores; 2D formats: ``W H`` grey or
-            ``W H C`` with ``C`` 3 (RGB) or 4 (RGBA), uint8 (uint16 grey for PNG/TIFF).
-        affine: NIfTI only, the 4x4 voxel-to-world matrix.
-        spacing: NIfTI only, for a diagonal affine when neither ``affine`` nor ``like`` is given.
-        like: NIfTI only, a NIfTI file whose header and affine the output copies (a prediction of
-            that file overlays it).
+        path: output file (:data:`SUFFIXES` but DICOM, which is read only).
+        array: NIfTI, NRRD, MetaImage: ``X Y [Z]`` of any dtype the format stores; 2D formats:
+            ``W H`` grey or ``W H C`` with ``C`` 3 (RGB) or 4 (RGBA), uint8 (uint16 grey for
+            PNG/TIFF).
+        affine: volumes only, the 4x4 voxel-to-RAS matrix.
+        spacing: volumes only, for a diagonal affine when neither ``affine`` nor ``like`` is given.
+        like: volumes only, an image whose geometry the output takes (a prediction of that file
+            overlays it); for NIfTI output from a NIfTI file, its whole header.
 
     Raises:
-        ValueError: an unknown suffix, or an array a 2D format cannot hold.
+        ValueError: an unknown suffix, DICOM, or an array a 2D format cannot hold.
 
     Example:
         >>> import tempfile
@@ -671,7 +862,14 @@ def write_image(
         raise ValueError(f"{path.name}: unknown image file type, expected one of {', '.join(SUFFIXES)}")
     array = np.asarray(array)
     suffix = split_suffix(path.name)[1].lower()
+    if kind == "dicom":
+        raise ValueError(f"{path.name}: DICOM is read only; write NIfTI (.nii.gz), NRRD or MetaImage (.mha)")
+    if kind == "itk":
+        _write_itk(path, array, _affine_for(array, affine, spacing, like))
+        return path
     if kind == "nifti":
+        if like is not None and file_kind(like) != "nifti":
+            affine, like = _affine_for(array, affine, spacing, like), None
         img = _nifti(array, affine, spacing, like)
         with atomic_write(path) as fh:
             if suffix == ".nii.gz":
@@ -699,15 +897,17 @@ def write_label(
     spacing: Sequence[float] | None = None,
     like: str | os.PathLike | None = None,
 ) -> Path:
-    """Write label values atomically as NIfTI, PNG, GIF, TIFF or BMP, in this module's axis order.
+    """Write label values atomically as NIfTI, NRRD, MetaImage, PNG, GIF, TIFF or BMP, in this
+    module's axis order.
 
-    The smallest dtype that holds the values is used (NIfTI uint8 / int16 / int32; images uint8,
+    The smallest dtype that holds the values is used (volumes uint8 / int16 / int32; images uint8,
     or uint16 for PNG/TIFF).
 
     Args:
-        path: output file; its suffix picks the format (JPEG is refused: it is lossy).
-        array: integer values, ``X Y [Z]`` for NIfTI, ``W H`` for 2D formats.
-        affine, spacing, like: NIfTI geometry, as :func:`write_image`.
+        path: output file; its suffix picks the format (JPEG is refused: it is lossy; DICOM:
+            read only).
+        array: integer values, ``X Y [Z]`` for volumes, ``W H`` for 2D formats.
+        affine, spacing, like: volume geometry, as :func:`write_image`.
 
     Raises:
         ValueError: unknown or lossy suffix, negative values, values that do not fit the format
@@ -724,14 +924,14 @@ def write_label(
     path = Path(path)
     suffix = split_suffix(path.name)[1].lower()
     kind = file_kind(path)
-    if kind is None or suffix in _LOSSY:
-        lossless = ", ".join(s for s in SUFFIXES if s not in _LOSSY)
+    if kind in (None, "dicom") or suffix in _LOSSY:
+        lossless = ", ".join(s for s in SUFFIXES if s not in _LOSSY and s not in DICOM_SUFFIXES)
         raise ValueError(f"unknown label file type {path.name!r}, expected one of {lossless}")
     array = np.asarray(array)
     if array.size and array.min() < 0:
         raise ValueError(f"label values must be >= 0, got min {array.min()}")
     high = int(array.max()) if array.size else 0
-    if kind == "nifti":
+    if kind in ("nifti", "itk"):
         data = array.astype(np.uint8 if high < 256 else np.int16 if high < 32768 else np.int32)
         return write_image(path, data, affine=affine, spacing=spacing, like=like)
     if array.ndim != 2:
