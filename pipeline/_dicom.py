@@ -169,7 +169,9 @@ def scan_series(path: str | os.PathLike) -> Series:
     for f, ds in headers:
         o = _floats(ds, "ImageOrientationPatient", 6, f)
         if o is not None and not np.allclose(o, orient, atol=1e-4):
-            raise DataError(f"{name}: {f.name} has ImageOrientationPatient {o.tolist()}, {first_file.name} {orient.tolist()}")
+            raise DataError(
+                f"{name}: {f.name} has ImageOrientationPatient {o.tolist()}, {first_file.name} {orient.tolist()}"
+            )
         s = _floats(ds, "PixelSpacing", 2, f)
         if s is not None and not np.allclose(s, spacing, rtol=1e-4):
             raise DataError(f"{name}: {f.name} has PixelSpacing {s.tolist()}, {first_file.name} {spacing.tolist()}")
@@ -253,7 +255,8 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, Series]:
             raise
         except Exception as err:
             text = str(err).strip().splitlines()
-            raise DataError(f"{f}: cannot decode the pixel data ({text[0][:200] if text else type(err).__name__})") from err
+            why = text[0][:200] if text else type(err).__name__
+            raise DataError(f"{f}: cannot decode the pixel data ({why})") from err
         if values.ndim != 2:
             raise DataError(f"{f}: pixel data of shape {values.shape} (colour DICOM is not supported)")
         slices.append(values.T)  # rows x columns -> X Y

@@ -326,6 +326,13 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: infer.device)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.npz")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        metavar="FMT",
+        help="output format: nii.gz, nii, nrrd, mha, mhd, png or tif, with the input's shape and geometry "
+        "(default: the input's own; NIfTI for a DICOM series)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--continue",
@@ -349,6 +356,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
             overwrite=args.overwrite,
             resume=args.resume,
             progress=sys.stderr.isatty(),
+            fmt=args.fmt,
         )
         print(f"wrote {len(written)} file(s) to {args.output}")
         return 0

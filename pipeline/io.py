@@ -70,8 +70,8 @@ from typing import IO, Any
 
 import numpy as np
 from monai.data import ImageReader, ITKReader, MetaTensor, NibabelReader, PILReader
-from monai.utils import MetaKeys, SpaceKeys
 from monai.transforms import LoadImage
+from monai.utils import MetaKeys, SpaceKeys
 from PIL import Image
 
 from pipeline._dicom import is_series_folder, read_series, scan_series
@@ -125,7 +125,10 @@ _PIL_FORMATS = {
     ".bmp": "BMP",
 }
 _LOSSY = (".jpg", ".jpeg")
-_EXPECTED = "NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, DICOM .dcm or a DICOM series folder, PNG/TIFF/GIF/JPEG/BMP"
+_EXPECTED = (
+    "NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, DICOM .dcm or a DICOM series folder, "
+    "PNG/TIFF/GIF/JPEG/BMP"
+)
 
 
 # ------------------------------------------------------------------------------------- names

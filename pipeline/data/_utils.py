@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.io import list_folder
+from pipeline.io import file_kind, list_folder
 
 __all__ = ["is_hidden", "data_files"]
 
@@ -15,10 +15,11 @@ def is_hidden(path: Path) -> bool:
 
 
 def data_files(folder: Path) -> list[Path]:
-    """The sorted data files directly inside ``folder`` (hidden files skipped).
+    """The sorted data files directly inside ``folder`` (hidden files skipped), DICOM series
+    folders (one series' slices, :func:`pipeline.io.file_kind` ``"dicom"``) among them.
 
     Raises:
         DataError: the folder holds dangling symbolic links (named), which would otherwise drop
             cases without a word.
     """
-    return [p for p in list_folder(folder) if p.is_file()]
+    return [p for p in list_folder(folder) if p.is_file() or (p.is_dir() and file_kind(p) == "dicom")]

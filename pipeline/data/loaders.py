@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,14 @@ def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
     )
 
 
-def build_chain(config: Config, mode: str, loss: torch.nn.Module | None = None) -> Chain:
-    """The chain for ``mode``; in train mode with the batch inputs ``loss`` declares."""
+def build_chain(
+    config: Config, mode: str, loss: torch.nn.Module | None = None, reader: Callable[[Any], Any] | None = None
+) -> Chain:
+    """The chain for ``mode``; in train mode with the batch inputs ``loss`` declares. ``reader``
+    replaces :func:`pipeline.io.read_image` as the loader's reader (the predictor's also takes
+    in-memory images, :func:`pipeline.engines.inputs.read_any`)."""
     inputs = tuple(getattr(loss, "extra_inputs", ())) if loss is not None and mode == "train" else ()
-    return build_transforms(chain_settings(config, inputs), mode, reader=read_image)
+    return build_transforms(chain_settings(config, inputs), mode, reader=reader or read_image)
 
 
 def cpu_count() -> int:

@@ -6,8 +6,11 @@ case and undoes the chain's spatial steps (orientation, spacing) with MONAI's ``
 predictions come back in the geometry of the file they were made from:
 
 - NIfTI in, NIfTI out, with the input's affine and header (data type uint8, or int16 past 255
-  classes);
-- PNG / TIFF / GIF / JPEG in, PNG out at the input's size.
+  classes); NRRD / MetaImage in, the same format out with the input's geometry;
+- a DICOM series (a folder) or ``.dcm`` in, NIfTI (``<folder>.nii.gz``) out with its affine;
+- PNG / TIFF / GIF / JPEG in, PNG out at the input's size;
+- or the format ``medseg infer --format`` names (:data:`OUTPUT_FORMATS`), with the same shape
+  and geometry.
 
 Class indices are written as the raw label values of the config (``transforms.label_values``,
 e.g. 0/255 for DRIVE), so a prediction looks like the dataset's own labels.
@@ -34,9 +37,11 @@ from pipeline.data.loaders import build_chain
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
+from pipeline.engines.inputs import as_image, read_any
 from pipeline.errors import DataError, MedsegError, list_some
 from pipeline.io import (
     SUFFIXES,
+    VOLUME_KINDS,
     atomic_write,
     check_file,
     check_readable,
@@ -48,20 +53,39 @@ from pipeline.io import (
 )
 from transforms import keys
 
-__all__ = ["Predictor", "Prediction", "run_inference", "evaluate_split", "output_name", "find_inputs"]
+__all__ = [
+    "Predictor",
+    "Prediction",
+    "run_inference",
+    "evaluate_split",
+    "output_name",
+    "find_inputs",
+    "OUTPUT_FORMATS",
+]
+
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "mhd", "png", "tif")
+"""What ``medseg infer --format`` writes (default: the input's own format; NIfTI for DICOM)."""
 
 
-def output_name(path: str | os.PathLike) -> str:
-    """The prediction's file name: NIfTI keeps its name, 2D images become ``<stem>.png``.
+def output_name(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The prediction's file name: NIfTI, NRRD and MetaImage keep their name, a DICOM series
+    (folder or ``.dcm``) becomes ``<name>.nii.gz``, 2D images ``<stem>.png``; ``fmt`` (one of
+    :data:`OUTPUT_FORMATS`) replaces the suffix.
 
     Example:
-        >>> output_name("case_01.nii.gz"), output_name("21_training.tif")
-        ('case_01.nii.gz', '21_training.png')
+        >>> output_name("case_01.nii.gz"), output_name("21_training.tif"), output_name("ct.mha", "nii.gz")
+        ('case_01.nii.gz', '21_training.png', 'ct.nii.gz')
     """
     name = Path(path).name
-    if file_kind(path) == "nifti":
+    kind = file_kind(path)
+    stem = name if kind == "dicom" and Path(path).is_dir() else split_suffix(name)[0]
+    if fmt is not None:
+        return f"{stem}.{fmt.lower().lstrip('.')}"
+    if kind in ("nifti", "itk"):
         return name
-    return split_suffix(name)[0] + ".png"
+    if kind == "dicom":
+        return stem + ".nii.gz"
+    return stem + ".png"
 
 
 def find_inputs(source: str | os.PathLike) -> list[Path]:
@@ -74,12 +98,12 @@ def find_inputs(source: str | os.PathLike) -> list[Path]:
         DataError: nothing usable there, a dangling link, or two inputs with the same output name.
     """
     source = Path(source)
-    if source.is_file() or source.is_symlink():
-        return [check_file(source)]
+    if source.is_file() or source.is_symlink() or file_kind(source) == "dicom":
+        return [check_file(source)]  # a file, or one DICOM series folder
     if not source.is_dir():
         raise DataError(f"{source}: no such file or folder")
     entries = list_folder(source)
-    files = [p for p in entries if p.is_file() and file_kind(p) is not None]
+    files = [p for p in entries if (p.is_file() or p.is_dir()) and file_kind(p) is not None]  # series folders too
     skipped = [p.name for p in entries if p.is_file() and file_kind(p) is None]
     if not files:
         found = f"; found only {list_some(skipped)}" if skipped else ""
@@ -149,14 +173,19 @@ class Predictor:
             raise MedsegError(f"{checkpoint}: weights do not fit the configured network ({first})") from None
         self.network.to(self.device).eval()
         self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
-        self.chain = build_chain(self.config, "infer")
+        self.chain = build_chain(self.config, "infer", reader=read_any)  # files and in-memory images
         self.label_values = self.config.label_values
         self.progress = progress
         self.windows = WindowCache()  # window plans of the last image sizes, for this predictor only
 
-    def __call__(self, item: Mapping[str, Any] | str | os.PathLike) -> Prediction:
-        """Segment one datalist item (or an image path)."""
-        data = dict(item) if isinstance(item, Mapping) else {keys.IMAGE: str(item)}
+    def __call__(self, item: Mapping[str, Any] | Any, spacing: Sequence[float] | None = None) -> Prediction:
+        """Segment one datalist item, or one image: a path, an array, a tensor or a MetaTensor
+        (:func:`pipeline.engines.inputs.as_image`, ``spacing`` for arrays)."""
+        if isinstance(item, Mapping):
+            data = dict(item)
+        else:
+            default = self.config["transforms"].get("spacing") if self.config.spatial_dims == 3 else None
+            data = {keys.IMAGE: as_image(item, spacing, self.config.spatial_dims, default)}
         data = {k: v for k, v in data.items() if k in (keys.IMAGE, keys.CASE)}
         data = self.chain(data)
         image = data[keys.IMAGE]
@@ -227,17 +256,27 @@ def write_prediction(
 ) -> list[Path]:
     """Write ``labels`` (the loaded array order of ``source``, :mod:`pipeline.io`) atomically.
 
-    NIfTI: the source's header and affine; 2D: a PNG at the source's size. The optional
-    ``<stem>_probabilities.npz`` holds ``K`` maps (float16) in the output file's own order:
-    ``K X Y Z`` for NIfTI, ``K H W`` (rows first, like the PNG's pixels) for 2D.
+    The target's suffix picks the format. A volume target (NIfTI, NRRD, MetaImage) takes the
+    source's geometry (a NIfTI from a NIfTI its whole header); a 2D target is a picture at the
+    source's size. The optional ``<stem>_probabilities.npz`` holds ``K`` maps (float16) in the
+    source's own order: ``K X Y Z`` for volumes, ``K H W`` (rows first, like a PNG's pixels) for
+    2D pictures.
+
+    Raises:
+        MedsegError: a 3D prediction asked for as a 2D picture.
     """
     target = Path(target)
-    nifti = file_kind(source) == "nifti"
-    written = [write_label(target, labels, like=source if nifti else None)]
+    volume = file_kind(source) in VOLUME_KINDS
+    if file_kind(target) == "2d" and labels.ndim != 2:
+        raise MedsegError(
+            f"{target.name}: a {labels.ndim}D prediction of {Path(source).name} cannot be a 2D picture; "
+            "choose --format nii.gz, nrrd or mha"
+        )
+    written = [write_label(target, labels, like=source if volume and file_kind(target) != "2d" else None)]
     if probabilities is not None:
         prob_path = target.with_name(split_suffix(target.name)[0] + "_probabilities.npz")
         arr = probabilities.numpy()
-        if not nifti:
+        if not volume:
             arr = np.swapaxes(arr, 1, 2)
         with atomic_write(prob_path) as fh:
             np.savez_compressed(fh, probabilities=arr.astype(np.float16))
@@ -264,6 +303,11 @@ def _refuse_overlap(inputs: Path, output: Path) -> None:
         if out != folder:
             return
         where = "is the folder of the input"
+    elif file_kind(inputs) == "dicom":  # one series folder: its parent may take <series>.nii.gz
+        folder = inputs.resolve()
+        if out != folder and folder not in out.parents:
+            return
+        where = "is the input series folder" if out == folder else "is inside the input series folder"
     else:
         folder = inputs.resolve()
         if out == folder:
@@ -290,8 +334,12 @@ def run_inference(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    fmt: str | None = None,
 ) -> list[Path]:
     """Segment a file or every image of a folder into ``output``; returns the files written.
+
+    ``fmt`` (``--format``, one of :data:`OUTPUT_FORMATS`) is the output format; default: each
+    input's own (:func:`output_name`).
 
     Every input's header is checked before anything is written, so a damaged file stops the
     run with nothing half-done. ``resume`` (``--continue``, nnU-Net's ``--continue_prediction``)
@@ -302,10 +350,12 @@ def run_inference(
         MedsegError: existing outputs without ``overwrite`` or ``resume``, an unwritable folder,
             an output folder overlapping the inputs, bad inputs.
     """
+    if fmt is not None and fmt.lower().lstrip(".") not in OUTPUT_FORMATS:
+        raise MedsegError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
     files = find_inputs(inputs)
     output = Path(output)
     _refuse_overlap(Path(inputs), output)
-    targets = [output / output_name(p) for p in files]
+    targets = [output / output_name(p, fmt) for p in files]
     existing = [t for t in targets if t.exists()]
     if existing and not (overwrite or resume):
         raise MedsegError(

@@ -81,11 +81,12 @@ def nonempty(items: list[dict[str, Any]], root: Path, layout: str) -> list[dict[
 
 
 def stems(files: list[Path], problems: Problems, strip: str = "") -> dict[str, Path]:
-    """Map stem (minus the ``strip`` suffix) → file, recording duplicate stems."""
+    """Map stem (minus the ``strip`` suffix) → file, recording duplicate stems. A folder (a DICOM
+    series) is its whole name: ``1.2.840.1`` has no suffix."""
     out: dict[str, Path] = {}
     dups: list[str] = []
     for f in files:
-        stem = split_suffix(f.name)[0]
+        stem = f.name if f.is_dir() else split_suffix(f.name)[0]
         if strip and stem.endswith(strip):
             stem = stem[: -len(strip)]
         if stem in out:
