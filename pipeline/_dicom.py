@@ -108,19 +108,21 @@ def _headers(path: Path) -> list[tuple[Path, Any]]:
         files = [path]
     if not files:
         raise DataError(f"{path}: empty folder (expected the .dcm slices of one DICOM series)")
-    out, bad = [], []
+    out, bad, no_image = [], [], []
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:  # pydicom raises InvalidDicomError, OSError, struct errors...
             bad.append(f.name)
             continue
-        if "Rows" not in ds or "Columns" not in ds:  # a DICOMDIR, a report: no image
-            bad.append(f.name)
+        if "Rows" not in ds or "Columns" not in ds:  # a DICOMDIR, a report, a plan: no image
+            no_image.append(f.name)
             continue
         out.append((f, ds))
     if bad:
-        raise DataError(f"{path}: {len(bad)} file(s) are not DICOM images: {list_some(bad)}")
+        raise DataError(f"{path}: {len(bad)} file(s) pydicom cannot read as DICOM: {list_some(bad)}")
+    if no_image:
+        raise DataError(f"{path}: {len(no_image)} DICOM file(s) hold no image (no Rows/Columns): {list_some(no_image)}")
     return out
 
 

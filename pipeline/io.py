@@ -799,7 +799,7 @@ def _write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     tmp.mkdir()
     try:
         writer = ITKWriter(output_dtype=array.dtype, affine_lps_to_ras=True)
-        writer.set_data_array(array, channel_dim=None, spatial_ndim=array.ndim)
+        writer.set_data_array(array, channel_dim=None, squeeze_end_dims=False, spatial_ndim=array.ndim)
         writer.affine = affine  # as set_metadata(resample=False) would, without its resampler's round trip
         writer.write(str(tmp / path.name), compression=True)
         written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # the header last
