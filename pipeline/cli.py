@@ -117,7 +117,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="compare predicted label images with reference labels (Dice, HD95, NSD, clDice, ...)",
-        description="Pair the label images (.nii.gz .nii .png .gif .tif) of two folders by case id, compute "
+        description="Pair the label images (.nii.gz .nrrd .mha .png .gif .tif ...) of two folders by case id, compute "
         "Dice, IoU, precision, recall, HD95, ASSD, NSD and clDice per case and class (distances in mm from "
         "the label's spacing; missed or hallucinated structures score the image diagonal), and write "
         "per_case.csv and summary.json to the output folder.",
@@ -315,8 +315,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         "infer",
         help="segment images or volumes with a trained checkpoint",
         description="Segment a file or every image in a folder by sliding-window inference and write label "
-        "maps in the input's format and geometry (NIfTI with the input's affine and header; PNG at the input's "
-        "size). The config stored in the checkpoint is used unless -c is given.",
+        "maps in the input's format and geometry (NIfTI with the input's affine and header, NRRD/MHA likewise, "
+        "a DICOM series folder as NIfTI; PNG at the input's size), or in --format. The config stored in the "
+        "checkpoint is used unless -c is given.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (e.g. runs/x/checkpoints/best.pt)")
     p.add_argument("--input", required=True, metavar="FILE|DIR", help="an image or a folder of images")

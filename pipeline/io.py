@@ -596,7 +596,8 @@ def _compile(case_regex: str | None) -> re.Pattern[str] | None:
 
 
 def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -> dict[str, Path]:
-    """Map case id -> file for every label image in ``folder`` (not recursive, hidden files skipped).
+    """Map case id -> file for every label image in ``folder`` (not recursive, hidden files skipped;
+    a DICOM series folder is one label image, its case id its whole name).
 
     Args:
         folder: the directory to list.
@@ -619,9 +620,10 @@ def list_label_files(folder: str | os.PathLike, case_regex: str | None = None) -
     found: dict[str, Path] = {}
     unmatched: list[str] = []
     for path in list_folder(folder):
-        if file_kind(path) is None or not path.is_file():
+        kind = file_kind(path)
+        if kind is None or not (path.is_file() or kind == "dicom"):
             continue
-        case = split_suffix(path.name)[0]
+        case = path.name if path.is_dir() else split_suffix(path.name)[0]  # a series folder: its whole name
         if pattern is not None:
             match = pattern.search(case)
             if match is None:

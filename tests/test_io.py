@@ -43,11 +43,12 @@ def test_split_suffix(name, expected):
 
 
 def test_file_kind():
-    assert [file_kind(n) for n in ("a.nii", "b.nii.gz", "c.bmp", "d.jpg", "e.mha", ".nii.gz", "README")] == [
+    assert [file_kind(n) for n in ("a.nii", "b.nii.gz", "c.bmp", "d.jpg", "e.mha", "f.mnc", ".nii.gz", "README")] == [
         "nifti",
         "nifti",
         "2d",
         "2d",
+        "itk",
         None,
         None,
         None,

@@ -216,11 +216,11 @@ def test_multi_page_tiff_in_a_dataset_is_reported(tmp_path, capsys):
 def test_unsupported_files_in_an_infer_folder_are_named(tmp_path):
     (tmp_path / "in").mkdir()
     _grey(tmp_path / "in" / "a.png", np.zeros((4, 4)))
-    (tmp_path / "in" / "scan.mha").write_bytes(b"MHA")
-    with pytest.warns(UserWarning, match=r"skipping 1 file\(s\) of a type this tool does not read .*: scan\.mha"):
+    (tmp_path / "in" / "scan.mnc").write_bytes(b"MHA")
+    with pytest.warns(UserWarning, match=r"skipping 1 file\(s\) of a type this tool does not read .*: scan\.mnc"):
         assert [p.name for p in find_inputs(tmp_path / "in")] == ["a.png"]
     (tmp_path / "in" / "a.png").unlink()
-    with pytest.raises(DataError, match=r"in: no images found .*; found only scan\.mha"):
+    with pytest.raises(DataError, match=r"in: no images found .*; found only scan\.mnc"):
         find_inputs(tmp_path / "in")
     (tmp_path / "in" / "b.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(DataError, match=r"in: 1 dangling symbolic link\(s\): b\.png"):
