@@ -270,3 +270,77 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, Series]:
         else:
             volume = volume.astype(np.float32)
     return volume, series
+
+
+def write_seg(fh: Any, labels: np.ndarray, source: str | os.PathLike, label_values: list[int]) -> None:
+    """Write ``labels`` (``X Y Z`` raw label values on the grid of the series ``source``) to the
+    open binary file ``fh`` as a DICOM Segmentation (binary, one segment per foreground class)
+    with highdicom, referencing every source slice. Segment ``i`` is the class of raw value
+    ``label_values[i]``, labelled ``label <value>``, so segment numbers are the same in every case
+    of a dataset. Missing Type 2 attributes of the source (``PatientBirthDate``...) are given
+    empty, as the standard allows; the sources on disk are not changed.
+
+    Raises:
+        DataError: everything :func:`scan_series` refuses, or labels off the series' grid.
+        MedsegError: highdicom is not installed.
+    """
+    from pipeline.errors import MedsegError
+
+    try:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+    except ImportError:
+        raise MedsegError("writing DICOM-SEG needs highdicom: pip install 'medseg[dicom]'") from None
+    pydicom = _pydicom()
+    series = scan_series(source)
+    if tuple(labels.shape) != series.shape:
+        raise DataError(f"{source}: labels of shape {tuple(labels.shape)} are not on the series' grid {series.shape}")
+    images = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    for ds in images:
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "ReferringPhysicianName",
+            "StudyID",
+            "AccessionNumber",
+        ):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg", version="0.1.0", family=codes.DCM.ArtificialIntelligence
+    )
+    foreground = list(label_values[1:])
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=f"label {value}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for i, value in enumerate(foreground, start=1)
+    ]
+    masks = np.stack([np.asarray(labels) == v for v in foreground], axis=-1)  # X Y Z S
+    frames = np.ascontiguousarray(np.transpose(masks, (2, 1, 0, 3)))  # slices, rows, columns, segments
+    seg = hd.seg.Segmentation(
+        source_images=images,
+        pixel_array=frames.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=hd.UID(),
+        series_number=int(images[0].get("SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medseg",
+        manufacturer_model_name="medseg",
+        software_versions="0.1.0",
+        device_serial_number="0",
+        series_description="medseg segmentation",
+        omit_empty_frames=False,
+    )
+    seg.save_as(fh, enforce_file_format=True)

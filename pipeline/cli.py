@@ -332,7 +332,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         dest="fmt",
         metavar="FMT",
         help="output format: nii.gz, nii, nrrd, mha, mhd, png or tif, with the input's shape and geometry "
-        "(default: the input's own; NIfTI for a DICOM series)",
+        "(default: the input's own; NIfTI for a DICOM series); dcmseg: a DICOM Segmentation of a DICOM input",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(

@@ -74,7 +74,7 @@ from monai.transforms import LoadImage
 from monai.utils import MetaKeys, SpaceKeys
 from PIL import Image
 
-from pipeline._dicom import is_series_folder, read_series, scan_series
+from pipeline._dicom import is_series_folder, read_series, scan_series, write_seg
 from pipeline.errors import ConfigError, DataError, DiskFullError, list_some
 
 __all__ = [
@@ -103,6 +103,7 @@ __all__ = [
     "atomic_write_bytes",
     "write_image",
     "write_label",
+    "write_dicom_seg",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -945,3 +946,20 @@ def write_label(
     if high > limit:
         raise ValueError(f"{suffix} holds labels up to {limit}, got {high}")
     return write_image(path, array.astype(np.uint8 if high < 256 else np.uint16))
+
+
+def write_dicom_seg(
+    path: str | os.PathLike, labels: np.ndarray, source: str | os.PathLike, label_values: Sequence[int]
+) -> Path:
+    """Write ``labels`` (raw values, ``X Y Z`` on the grid of the DICOM series ``source``)
+    atomically as a DICOM Segmentation that references the series (highdicom,
+    :func:`pipeline._dicom.write_seg`; one segment per foreground value of ``label_values``).
+
+    Raises:
+        DataError: ``source`` is not a readable series, or the labels are not on its grid.
+        MedsegError: highdicom is not installed.
+    """
+    path = Path(path)
+    with atomic_write(path) as fh:
+        write_seg(fh, np.asarray(labels), source, [int(v) for v in label_values])
+    return path

@@ -56,6 +56,8 @@ def write_series(
         ds.Modality = "CT"
         ds.PatientName = "Test^Series"
         ds.PatientID = "0"
+        ds.PatientBirthDate = ds.PatientSex = ds.ReferringPhysicianName = ds.AccessionNumber = ""
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid

@@ -28,10 +28,7 @@ TOL = 1e-5
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # conftest's _restore_torch_threads puts the count back
 
 
 def _checkpoint(base: Path, dims: int, **sections) -> Path:
@@ -240,3 +237,32 @@ def test_dicom_series_folders_through_check_data_train_evaluate_infer(tmp_path, 
     out = capsys.readouterr().out
     gap = r"1 missing slice\(s\) between IM\d+\.dcm \(11\.000 mm\) and IM\d+\.dcm \(14\.000 mm\): a gap of 3\.000 mm"
     assert re.search(r"\[\w+ 1\.2\.840\.0\] .*1\.2\.840\.0 \(series [\d.]+\): " + gap, out), out
+
+
+def test_dicom_seg_references_the_series_and_holds_the_labels(tmp_path, ckpt_3d, capsys):
+    hd = pytest.importorskip("highdicom")
+    pydicom = pytest.importorskip("pydicom")
+    from _dicom import write_series
+
+    affine = np.diag([1.6, 1.6, 2.5, 1.0])
+    image, _ = blob_case(np.random.default_rng(3), (20, 18, 9))
+    files = write_series(tmp_path / "in" / "ser", image * 4 - 1000, affine)
+    argv = ["infer", "--checkpoint", str(ckpt_3d), "--input", str(tmp_path / "in" / "ser")]
+    assert main([*argv, "--output", str(tmp_path / "seg"), "--format", "dcmseg"]) == 0
+    assert main([*argv, "--output", str(tmp_path / "nii")]) == 0
+    seg = hd.seg.segread(tmp_path / "seg" / "ser.seg.dcm")
+    source = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["label 255"]
+    uids = [ds.SOPInstanceUID for ds in sorted(source, key=lambda ds: float(ds.ImagePositionPatient[2]))]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    labels = read_label(tmp_path / "nii" / "ser.nii.gz").array
+    assert 0 < (labels == 255).mean() < 1
+    assert np.array_equal(np.transpose(frames, (2, 1, 0)) == 1, labels == 255)  # slices, rows, cols -> X Y Z
+    nifti = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), str(nifti))
+    assert main(["infer", "--checkpoint", str(ckpt_3d), "--input", str(nifti), "--output", str(tmp_path / "x"),
+                 "--format", "dcmseg"]) == 2
+    assert "--format dcmseg: a DICOM Segmentation references its source series; not DICOM: v.nii.gz" in (
+        capsys.readouterr().err
+    )

@@ -49,6 +49,7 @@ from pipeline.io import (
     list_folder,
     read_image,
     split_suffix,
+    write_dicom_seg,
     write_label,
 )
 from transforms import keys
@@ -63,8 +64,9 @@ __all__ = [
     "OUTPUT_FORMATS",
 ]
 
-OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "mhd", "png", "tif")
-"""What ``medseg infer --format`` writes (default: the input's own format; NIfTI for DICOM)."""
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "mhd", "png", "tif", "dcmseg")
+"""What ``medseg infer --format`` writes (default: the input's own format; NIfTI for DICOM).
+``dcmseg``: a DICOM Segmentation ``<series>.seg.dcm`` referencing its DICOM input (highdicom)."""
 
 
 def output_name(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -80,7 +82,8 @@ def output_name(path: str | os.PathLike, fmt: str | None = None) -> str:
     kind = file_kind(path)
     stem = name if kind == "dicom" and Path(path).is_dir() else split_suffix(name)[0]
     if fmt is not None:
-        return f"{stem}.{fmt.lower().lstrip('.')}"
+        fmt = fmt.lower().lstrip(".")
+        return f"{stem}.seg.dcm" if fmt == "dcmseg" else f"{stem}.{fmt}"
     if kind in ("nifti", "itk"):
         return name
     if kind == "dicom":
@@ -253,6 +256,7 @@ def write_prediction(
     source: str | os.PathLike,
     target: str | os.PathLike,
     probabilities: torch.Tensor | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write ``labels`` (the loaded array order of ``source``, :mod:`pipeline.io`) atomically.
 
@@ -262,11 +266,17 @@ def write_prediction(
     source's own order: ``K X Y Z`` for volumes, ``K H W`` (rows first, like a PNG's pixels) for
     2D pictures.
 
+    A ``.dcm`` target is a DICOM Segmentation of the DICOM ``source`` (one segment per foreground
+    value of ``label_values``, default ``0..max``).
+
     Raises:
         MedsegError: a 3D prediction asked for as a 2D picture.
     """
     target = Path(target)
     volume = file_kind(source) in VOLUME_KINDS
+    if file_kind(target) == "dicom":
+        values = list(label_values) if label_values else list(range(int(labels.max(initial=0)) + 1))
+        return [write_dicom_seg(target, labels, source, values)]
     if file_kind(target) == "2d" and labels.ndim != 2:
         raise MedsegError(
             f"{target.name}: a {labels.ndim}D prediction of {Path(source).name} cannot be a 2D picture; "
@@ -353,6 +363,11 @@ def run_inference(
     if fmt is not None and fmt.lower().lstrip(".") not in OUTPUT_FORMATS:
         raise MedsegError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
     files = find_inputs(inputs)
+    if fmt is not None and fmt.lower().lstrip(".") == "dcmseg":
+        if not_dicom := [p.name for p in files if file_kind(p) != "dicom"]:
+            raise MedsegError(
+                f"--format dcmseg: a DICOM Segmentation references its source series; not DICOM: {list_some(not_dicom)}"
+            )
     output = Path(output)
     _refuse_overlap(Path(inputs), output)
     targets = [output / output_name(p, fmt) for p in files]
@@ -383,7 +398,11 @@ def run_inference(
         for path, target in tqdm(jobs, desc="cases", disable=None if progress else True):
             result = predictor(path)
             written += write_prediction(
-                predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
+                predictor.raw_values(result.labels),
+                path,
+                target,
+                result.probabilities if keep_probs else None,
+                label_values=predictor.label_values or range(predictor.config.num_classes),
             )
     except BaseException:
         if created and not any(output.iterdir()):
