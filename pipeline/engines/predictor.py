@@ -213,7 +213,8 @@ class Predictor:
             if not _out_of_memory(err):
                 raise
             source = data[keys.IMAGE].meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None
-            raise MedsegError(self._memory_advice(source or item, tuple(image.shape))) from None
+            source = source or (item if isinstance(item, (str, os.PathLike, Mapping)) else "an array")
+            raise MedsegError(self._memory_advice(source, tuple(image.shape))) from None
         return Prediction(probabilities=probs, labels=labels, image=image)
 
     def _memory_advice(self, source: Any, shape: tuple[int, ...]) -> str:
