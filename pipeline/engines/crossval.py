@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from pipeline.engines.postprocessing import POSTPROCESSING_JSON, choose_postproc
 from pipeline.engines.predictor import _load_reference, evaluate_split, output_name
 from pipeline.engines.run import run_dir_for, run_training
 from pipeline.errors import MedsegError
-from pipeline.io import atomic_write_text
+from pipeline.io import atomic_write_text, file_kind, split_suffix
 from pipeline.metrics import METRICS
 from transforms import keys
 
@@ -57,6 +57,9 @@ __all__ = [
     "fold_state",
     "load_oof",
     "oof_cases",
+    "oof_index",
+    "read_oof_labels",
+    "read_oof_probabilities",
     "run_cv",
     "summarize_cv",
     "train_fold",
@@ -370,20 +373,15 @@ def _source(item: Mapping[str, Any]) -> str:
     return image[0] if isinstance(image, (list, tuple)) else image
 
 
-def load_oof(
-    run: str | os.PathLike,
-    read: Callable[[Config, Path, dict[str, Any]], Any] | None = None,
-) -> tuple[Config, list[tuple[str, Any, np.ndarray, tuple | None]]]:
-    """Every finished fold's OOF cases: ``(case, prediction, reference, spacing)`` in the label's
-    loaded geometry; ``prediction`` is the class-index map of ``validation/predictions/`` unless
-    ``read(config, prediction_path, item)`` gives something else (e.g. the probabilities).
+def oof_index(run: str | os.PathLike) -> dict[str, tuple[Config, dict[str, Any], Path]]:
+    """Every finished fold's OOF cases of a run: case id -> (fold config, datalist item,
+    prediction file in ``validation/predictions/``).
 
     Raises:
-        MedsegError: a finished fold whose prediction files are missing.
+        MedsegError: no finished fold, or a finished fold whose prediction files are missing.
     """
     run = Path(run)
-    config: Config | None = None
-    out = []
+    out: dict[str, tuple[Config, dict[str, Any], Path]] = {}
     for f in sorted(oof_cases(run)):
         folder = fold_dir(run, f)
         config, items = _fold_items(folder)
@@ -391,14 +389,37 @@ def load_oof(
             pred_path = folder / VALIDATION / "predictions" / output_name(_source(item))
             if not pred_path.is_file():
                 raise MedsegError(f"{pred_path}: out-of-fold prediction missing; rerun medseg cv to predict it again")
-            label, spacing, _ = _load_reference(config, item)
-            if read is None:
-                pred, _, _ = _load_reference(config, {keys.LABEL: str(pred_path)})
-            else:
-                pred = read(config, pred_path, item)
-            out.append((str(item[keys.CASE]), pred, label, spacing))
-    if config is None:
-        raise MedsegError(f"{run}: no finished fold")
+            out[str(item[keys.CASE])] = (config, item, pred_path)
+    if not out:
+        raise MedsegError(f"{run}: no finished fold (fold_<k>/{VALIDATION}/{SUMMARY_JSON}); run medseg cv -c CONFIG")
+    return out
+
+
+def read_oof_labels(config: Config, pred_path: Path) -> np.ndarray:
+    """An OOF label file as class indices, in the loaded geometry of the labels."""
+    return _load_reference(config, {keys.LABEL: str(pred_path)})[0]
+
+
+def read_oof_probabilities(config: Config, pred_path: Path) -> torch.Tensor | None:
+    """The OOF probabilities saved beside a prediction (``K`` + the loaded geometry, fp32), or None."""
+    path = pred_path.with_name(split_suffix(pred_path.name)[0] + "_probabilities.npz")
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        arr = data["probabilities"].astype(np.float32)
+    if file_kind(pred_path) != "nifti":  # written rows first (K H W) like the PNG: back to the loaded W H
+        arr = np.swapaxes(arr, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def load_oof(run: str | os.PathLike) -> tuple[Config, list[tuple[str, np.ndarray, np.ndarray, tuple | None]]]:
+    """Every finished fold's OOF cases: ``(case, prediction, reference, spacing)``, class indices
+    in the label's loaded geometry."""
+    out = []
+    config = None
+    for case, (config, item, pred_path) in oof_index(run).items():
+        label, spacing, _ = _load_reference(config, item)
+        out.append((case, read_oof_labels(config, pred_path), label, spacing))
     return config, out
 
 
