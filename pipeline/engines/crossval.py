@@ -83,28 +83,21 @@ def _has_probabilities(folder: Path) -> bool:
     return any(folder.glob("*_probabilities.npz"))
 
 
-def fold_state(folder: Path, probabilities: bool = False) -> str:
-    """``done`` (OOF predictions evaluated), ``predict`` (trained, OOF missing or without the
-    probabilities asked for) or ``train`` (not started or interrupted)."""
+def fold_state(folder: Path, probabilities: bool = False, epochs: int | None = None) -> str:
+    """``done`` (OOF predictions evaluated), ``predict`` (trained to ``epochs``, default its own
+    ``train.epochs``, but OOF missing or without the probabilities asked for) or ``train`` (not
+    started, or interrupted: resumed)."""
     val = folder / VALIDATION
     if (val / SUMMARY_JSON).is_file():
         return "predict" if probabilities and not _has_probabilities(val / "predictions") else "done"
-    last = folder / "checkpoints" / "last.pt"
-    log = folder / "log.csv"
-    if last.is_file() and log.is_file() and _finished(folder):
-        return "predict"
-    return "train"
-
-
-def _finished(folder: Path) -> bool:
-    """The fold's ``last.pt`` reached ``train.epochs`` (else it was interrupted: resume it)."""
     from pipeline.engines.checkpoint import load_checkpoint
 
     try:
         ckpt = load_checkpoint(folder / "checkpoints" / "last.pt")
-    except MedsegError:
-        return False
-    return int(ckpt["train_state"]["epoch"]) >= int(ckpt["config"]["train"]["epochs"])
+    except MedsegError:  # none yet, or damaged: training resumes (from last.prev.pt) or starts
+        return "train"
+    target = int(ckpt["config"]["train"]["epochs"]) if epochs is None else epochs
+    return "predict" if int(ckpt["train_state"]["epoch"]) >= target else "train"
 
 
 def write_oof(folder: Path, *, probabilities: bool = False, progress: bool = False) -> dict[str, Any]:
@@ -182,7 +175,8 @@ def run_cv(
     summarise the run (:func:`summarize_cv`); returns the summary."""
     config, run = _cv_config(config_path, overrides)
     k = config["data"]["num_folds"]
-    states = {f: fold_state(fold_dir(run, f), probabilities) for f in range(k)}
+    epochs = config["train"]["epochs"]
+    states = {f: fold_state(fold_dir(run, f), probabilities, epochs) for f in range(k)}
     todo = [f for f, s in states.items() if s != "done"]
     done = [f for f, s in states.items() if s == "done"]
     print(
