@@ -25,7 +25,7 @@ from pipeline.data import load_datalist
 from pipeline.data.splits import kfold, split_cases
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import save_checkpoint
-from pipeline.engines.crossval import fold_state
+from pipeline.engines.crossval import _parallel_folds, fold_state
 from pipeline.engines.postprocessing import apply_postprocessing, choose_postprocessing, smallest_components
 from pipeline.engines.predictor import Predictor, run_inference
 from pipeline.engines.selection import check_same_folds, select_runs
@@ -274,3 +274,16 @@ def test_two_torchrun_processes_write_the_files_of_one_byte_identical(members, t
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == names
     for name in names:
         assert (tmp_path / "ddp" / name).read_bytes() == (single / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_one_process_per_device_runs_every_fold(cv_config, tmp_path, capsys):
+    # the one-fold-per-GPU path, on the CPU: each fold a `train --fold K --resume` child process
+    # (with CUDA_VISIBLE_DEVICES=K, meaningless here); the device binding itself needs 2 GPUs
+    _, _, cfg = cv_config
+    run = tmp_path / "par"
+    _parallel_folds(cfg, [f"train.output={run}"], [0, 1], 2, run, probabilities=False)
+    out = capsys.readouterr().out
+    assert "fold 0 started on cuda:0" in out and "fold 1 started on cuda:1" in out
+    assert [fold_state(run / f"fold_{f}") for f in (0, 1)] == ["done", "done"]
+    assert "out-of-fold predictions of 3 cases" in (run / "fold_1.log").read_text()
