@@ -452,7 +452,6 @@ def evaluate_split(
     postprocessing: str | os.PathLike | Mapping[str, Any] | None = None,
     use_postprocessing: bool = True,
     save_probabilities: bool = False,
-    items: Sequence[Mapping[str, Any]] | None = None,
 ):
     """Run inference on a split of the configured dataset and evaluate it against its labels.
 
@@ -469,8 +468,6 @@ def evaluate_split(
         classes: foreground classes to report (default: every class of the network).
         postprocessing / use_postprocessing: as :func:`run_inference`.
         save_probabilities: with ``save_predictions``, also ``<case>_probabilities.npz`` (float16).
-        items: datalist items to evaluate instead of the split's (cross-validation: a fold's
-            validation cases).
 
     Returns:
         The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
@@ -484,8 +481,7 @@ def evaluate_split(
     members = checkpoint_paths(checkpoint)
     base = None if config_path is not None else load_checkpoint(members[0])["config"]
     config = fill_label_values(load_config(config_path, overrides, base=base))
-    if items is None:
-        items = load_datalist(config["data"]).get(split) or []
+    items = load_datalist(config["data"]).get(split) or []
     if not items:
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
     check_outputs(output, overwrite)
