@@ -122,6 +122,7 @@ def members(tmp_path_factory):
     return root, [_checkpoint(base / f"m{i}.pt", root, seed=i) for i in range(2)]
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_one_member_equals_the_member(members):
     root, (a, b) = members
     image = root / "images" / "case0.png"
