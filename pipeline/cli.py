@@ -418,12 +418,14 @@ def _members(args: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[list
     """``--checkpoint`` or ``--plan``: the ensemble members and the post-processing to apply."""
     if bool(args.checkpoint) == bool(args.plan):
         p.error("give --checkpoint CKPT [CKPT ...] or --plan FILE (one of them)")
-    if args.plan:
-        from pipeline.engines.members import load_plan
+    from pipeline.engines.members import describe, load_plan
 
-        members, spec = load_plan(args.plan)
-        return [str(m) for m in members], args.postprocessing or spec
-    return args.checkpoint, args.postprocessing
+    members, spec = args.checkpoint, args.postprocessing
+    if args.plan:
+        paths, planned = load_plan(args.plan)
+        members, spec = [str(m) for m in paths], args.postprocessing or planned
+    print(describe(members, spec, args.postprocessing_on), flush=True)
+    return members, spec
 
 
 def _add_cv(sub: argparse._SubParsersAction) -> None:

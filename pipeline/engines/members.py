@@ -30,6 +30,7 @@ __all__ = [
     "FOLD_RE",
     "checkpoint_paths",
     "default_postprocessing",
+    "describe",
     "fold_dirs",
     "inference_shard",
     "load_plan",
@@ -168,3 +169,14 @@ def inference_shard(part: int | None, parts: int | None) -> tuple[int, int]:
     if parts < 1 or not 0 <= part < parts:
         raise MedsegError(f"--part {part} --parts {parts}: need 0 <= part < parts")
     return part, parts
+
+
+def describe(
+    checkpoint: Any, postprocessing: str | os.PathLike | Mapping[str, Any] | None = None, enabled: bool = True
+) -> str:
+    """One line for the log: how many checkpoints, and which post-processing steps will run."""
+    paths = checkpoint_paths(checkpoint)
+    spec = resolve_postprocessing(checkpoint, postprocessing, enabled)
+    who = f"checkpoint {paths[0]}" if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints"
+    steps = ", ".join(f"{s['op']} (class {s['class']})" for s in (spec or {}).get("steps", [])) or "none"
+    return f"segmenting with {who}; post-processing: {steps}"
