@@ -13,7 +13,9 @@ Fisher–Yates shuffle of the sorted non-test case ids cut into K parts
 (:func:`pipeline.data.splits.kfold`), identical on every machine. Adding cases reshuffles every
 fold (and the test set), so the assignment is not stable under additions: a run's folds are
 those its fold folders were trained on, recorded per case in ``validation/per_case.csv``, and
-``medseg select`` refuses runs whose folds differ.
+``medseg select`` refuses runs whose folds differ. A hash of each case id would keep old cases in
+their folds, but gives folds whose sizes differ by about the square root of their size (not by at
+most one) and would need a second rule for the test set; a dataset that grows is retrained anyway.
 
 Each fold trains as ``medseg train`` does (its own lock, resumable), then predicts its validation
 cases with full-image sliding windows from its best checkpoint: the out-of-fold (OOF) predictions,
@@ -194,6 +196,8 @@ def run_cv(
             else:
                 print(f"cv: fold {f} of {k}", flush=True)
                 train_fold(config_path, overrides, f, resume=True, probabilities=probabilities, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 summarises
+        return {}
     return summarize_cv(run)
 
 
