@@ -126,7 +126,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", metavar="DIR", help="folder of reference label images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for per_case.csv and summary.json")
     p.add_argument("-c", "--config", help="with --checkpoint: the config whose data to evaluate (default: the run's)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="run inference with this checkpoint first, on --split")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="CKPT",
+        help="run inference with this checkpoint first, on --split (several or a run folder: an ensemble)",
+    )
+    p.add_argument("--plan", metavar="FILE", help="with inference: the recommendation of medseg select")
+    _add_ensemble_options(p)
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="with --checkpoint (default: test)"
     )
@@ -158,7 +165,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing per_case.csv / summary.json")
 
     def run(args: argparse.Namespace) -> int:
-        if args.checkpoint:
+        if args.checkpoint or args.plan:
             if args.pred or args.label:
                 p.error("give either --checkpoint (inference first) or --pred and --label, not both")
             folder_only = [flag for flag, value in (("--fov", args.fov), ("--case-regex", args.case_regex)) if value]
@@ -169,8 +176,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 )
             from pipeline.engines.predictor import evaluate_split
 
+            members, spec = _members(args, p)
             evaluator = evaluate_split(
-                args.checkpoint,
+                members,
                 args.output,
                 split=args.split,
                 config_path=args.config,
@@ -183,6 +191,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 nsd_tolerance=args.nsd_tolerance,
                 classes=args.classes,
                 progress=sys.stderr.isatty(),
+                postprocessing=spec,
+                use_postprocessing=args.postprocessing_on,
             )
         elif not (args.pred and args.label):
             p.error("--pred and --label are required (or --checkpoint to run inference first)")
@@ -286,6 +296,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="MIN", help="shorthand for --set train.time_budget=MIN")
     p.add_argument("--device", help="shorthand for --set train.device=DEVICE (auto, cpu, cuda, cuda:N)")
     p.add_argument("--output", help="shorthand for --set train.output=DIR")
+    p.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="train cross-validation fold K (of data.num_folds) into RUN/fold_K, then predict its validation cases",
+    )
+    p.add_argument(
+        "--probabilities", action="store_true", help="with --fold: also save the validation probabilities (.npz)"
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pipeline.engines.run import run_training
@@ -296,7 +315,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             value = getattr(args, flag)
             if value is not None:
                 sets.append(f"train.{key}={value}")
-        summary = run_training(args.config, sets, resume=args.resume, overwrite=args.overwrite)
+        if args.fold is not None:
+            from pipeline.engines.crossval import train_fold
+
+            summary = train_fold(
+                args.config, sets, args.fold, resume=args.resume, overwrite=args.overwrite,
+                probabilities=args.probabilities,
+            )  # fmt: skip
+        elif args.probabilities:
+            raise MedsegError("--probabilities: only with --fold (the validation cases of a fold)")
+        else:
+            summary = run_training(args.config, sets, resume=args.resume, overwrite=args.overwrite)
         if summary["rank"] == 0:
             value = summary["best_metric"]
             best = "n/a" if value is None else f"{value:.4f} (epoch {summary['best_epoch']})"
@@ -319,7 +348,14 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         "a DICOM series folder as NIfTI; PNG at the input's size), or in --format. The config stored in the "
         "checkpoint is used unless -c is given.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (e.g. runs/x/checkpoints/best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint(s) or run folder(s) (e.g. runs/x/checkpoints/best.pt; several or a cross-validation run "
+        "folder: an ensemble averaging their probabilities)",
+    )
+    p.add_argument("--plan", metavar="FILE", help="the recommendation of medseg select (members and post-processing)")
     p.add_argument("--input", required=True, metavar="FILE|DIR", help="an image or a folder of images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
     p.add_argument("-c", "--config", help="config to use instead of the checkpoint's own")
@@ -341,12 +377,16 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="segment only the inputs whose label map is not in --output yet (after an interruption)",
     )
+    _add_ensemble_options(p)
+    p.add_argument("--part", type=int, metavar="K", help="segment only part K (0-based) of --parts N of the inputs")
+    p.add_argument("--parts", type=int, metavar="N", help="number of parts (default under torchrun: WORLD_SIZE)")
 
     def run(args: argparse.Namespace) -> int:
         from pipeline.engines.predictor import run_inference
 
+        members, spec = _members(args, p)
         written = run_inference(
-            args.checkpoint,
+            members,
             args.input,
             args.output,
             config_path=args.config,
@@ -358,8 +398,104 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
             resume=args.resume,
             progress=sys.stderr.isatty(),
             fmt=args.fmt,
+            postprocessing=spec,
+            use_postprocessing=args.postprocessing_on,
+            part=args.part,
+            parts=args.parts,
         )
         print(f"wrote {len(written)} file(s) to {args.output}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_ensemble_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--postprocessing",
+        metavar="JSON",
+        help="post-processing to apply (default: postprocessing.json of a cross-validation run folder, or the plan's)",
+    )
+    p.add_argument(
+        "--no-postprocessing",
+        dest="postprocessing_on",
+        action="store_false",
+        help="apply no post-processing, even where the run or plan has one",
+    )
+
+
+def _members(args: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[list[str], object]:
+    """``--checkpoint`` or ``--plan``: the ensemble members and the post-processing to apply."""
+    if bool(args.checkpoint) == bool(args.plan):
+        p.error("give --checkpoint CKPT [CKPT ...] or --plan FILE (one of them)")
+    from pipeline.engines.members import describe, load_plan
+
+    members, spec = args.checkpoint, args.postprocessing
+    if args.plan:
+        paths, planned = load_plan(args.plan)
+        members, spec = [str(m) for m in paths], args.postprocessing or planned
+    print(describe(members, spec, args.postprocessing_on), flush=True)
+    return members, spec
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation: train every fold, or summarize a run",
+        description="medseg cv -c CONFIG trains folds 0..data.num_folds-1 into RUN/fold_K one after another (one per "
+        "GPU when several are visible), skipping finished folds and resuming interrupted ones; each fold predicts "
+        "its validation cases (out-of-fold). Then, like medseg cv summarize RUN, it reports per-fold and pooled "
+        "metrics (RUN/cv_summary.json, .csv) and chooses post-processing on them (RUN/postprocessing.json).",
+    )
+    p.add_argument("-c", "--config", help="YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    p.add_argument("--device", help="shorthand for --set train.device=DEVICE")
+    p.add_argument("--output", help="shorthand for --set train.output=RUN")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also save the out-of-fold probabilities (float16 .npz), which medseg select needs for ensembles",
+    )
+    cv_sub = p.add_subparsers(dest="cv_command", metavar="summarize")
+    s = cv_sub.add_parser("summarize", help="per-fold and pooled out-of-fold metrics of a run, without training")
+    s.add_argument("run", metavar="RUN", help="cross-validation run folder (holding fold_K/)")
+    s.add_argument("--no-postprocessing", dest="postprocessing_on", action="store_false",
+                   help="do not choose post-processing")  # fmt: skip
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.crossval import run_cv, summarize_cv
+
+        if args.cv_command == "summarize":
+            summarize_cv(args.run, postprocessing=args.postprocessing_on)
+            return 0
+        if not args.config:
+            p.error("-c CONFIG is required (or: medseg cv summarize RUN)")
+        sets = list(args.set)
+        for flag in ("epochs", "device", "output"):
+            if getattr(args, flag) is not None:
+                sets.append(f"train.{flag}={getattr(args, flag)}")
+        run_cv(args.config, sets, probabilities=args.probabilities)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="compare cross-validated configurations and their ensembles; recommend one",
+        description="Compare the out-of-fold Dice of each cross-validation run and of every two-run ensemble "
+        "(same folds required; ensembles need the runs' out-of-fold probabilities: medseg cv --probabilities), "
+        "print the table, choose post-processing for the best, and write the recommendation that "
+        "medseg infer --plan FILE runs.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="cross-validation run folders")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="recommendation to write (JSON)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.selection import select_runs
+
+        select_runs(args.runs, args.output)
         return 0
 
     p.set_defaults(func=run)
@@ -423,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_plan, _add_train, _add_infer)
-    for add in (*commands, _add_evaluate, _add_export):
+    for add in (*commands, _add_cv, _add_select, _add_evaluate, _add_export):
         add(sub)
     return parser
 

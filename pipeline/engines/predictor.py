@@ -38,6 +38,8 @@ from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
 from pipeline.engines.inputs import as_image, read_any
+from pipeline.engines.members import checkpoint_paths, inference_shard, member_configs, resolve_postprocessing
+from pipeline.engines.postprocessing import apply_postprocessing
 from pipeline.errors import DataError, MedsegError, list_some
 from pipeline.io import (
     SUFFIXES,
@@ -134,19 +136,28 @@ class Prediction:
 
 
 class Predictor:
-    """A trained network ready to segment files.
+    """A trained network, or an ensemble of them, ready to segment files.
+
+    An ensemble (several checkpoints, or run folders: :func:`pipeline.engines.members.checkpoint_paths`)
+    averages the members' class probabilities (softmax, or sigmoid for one channel) in the input
+    file's geometry, each member with its own config, transform chain and TTA; the sum is kept in
+    fp32 and members run one after another, so memory does not grow with their number. Members may
+    be different networks or configs when their classes and label values agree.
 
     Args:
-        checkpoint: path to a medseg checkpoint.
+        checkpoint: path to a medseg checkpoint, a run folder, or a list of them (an ensemble).
         config: a resolved config to use instead of the checkpoint's own (its ``network`` must
-            match the weights); ``None`` uses the checkpoint's.
+            match the weights); ``None`` uses the checkpoint's. For an ensemble, a list with one
+            entry (config or None) per member.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``; ``None`` takes ``infer.device``.
         tta / sw_batch_size / overlap: override the config's ``infer`` settings.
         progress: a progress bar over the sliding windows of each image.
+        postprocessing: a spec of :mod:`pipeline.engines.postprocessing` applied to the labels.
 
     Raises:
-        MedsegError: a damaged checkpoint, weights that do not fit the network, and (when called)
-            an image whose inference runs out of memory, with the setting that helps.
+        MedsegError: a damaged checkpoint, weights that do not fit the network, ensemble members
+            that disagree on classes, and (when called) an image whose inference runs out of
+            memory, with the setting that helps.
     """
 
     def __init__(
@@ -159,7 +170,13 @@ class Predictor:
         sw_batch_size: int | None = None,
         overlap: float | None = None,
         progress: bool = False,
+        postprocessing: Mapping[str, Any] | None = None,
     ) -> None:
+        paths = checkpoint_paths(checkpoint)
+        configs = list(config) if isinstance(config, (list, tuple)) else [config] + [None] * (len(paths) - 1)
+        if len(configs) != len(paths):
+            raise ValueError(f"{len(paths)} ensemble members but {len(configs)} configs")
+        checkpoint, config = paths[0], configs[0]
         ckpt = load_checkpoint(checkpoint)
         self.config = config if config is not None else resolve(ckpt["config"], source=str(checkpoint))
         infer = dict(self.config["infer"])
@@ -180,10 +197,52 @@ class Predictor:
         self.label_values = self.config.label_values
         self.progress = progress
         self.windows = WindowCache()  # window plans of the last image sizes, for this predictor only
+        self.checkpoint = Path(checkpoint)
+        self.postprocessing = postprocessing
+        overrides = {"tta": tta, "sw_batch_size": sw_batch_size, "overlap": overlap}
+        rest = zip(paths[1:], configs[1:], strict=True)
+        self.members: list[Predictor] = [self] + [
+            Predictor(p, c, device=device, progress=progress, **overrides) for p, c in rest
+        ]
+        for other in self.members[1:]:
+            self._check_member(other)
+
+    def _check_member(self, other: Predictor) -> None:
+        """Members of one ensemble predict the same classes with the same label values."""
+        mine = (self.config["network"]["out_channels"], self.config.num_classes, list(self.label_values or []))
+        theirs = (other.config["network"]["out_channels"], other.config.num_classes, list(other.label_values or []))
+        if mine != theirs or self.config.spatial_dims != other.config.spatial_dims:
+            raise MedsegError(
+                f"--checkpoint: ensemble members must agree on classes: {self.checkpoint} has {mine[0]} output "
+                f"channel(s), {mine[1]} classes, label values {mine[2]}, {self.config.spatial_dims}D; "
+                f"{other.checkpoint} has {theirs[0]}, {theirs[1]}, {theirs[2]}, {other.config.spatial_dims}D"
+            )
 
     def __call__(self, item: Mapping[str, Any] | Any, spacing: Sequence[float] | None = None) -> Prediction:
         """Segment one datalist item, or one image: a path, an array, a tensor or a MetaTensor
-        (:func:`pipeline.engines.inputs.as_image`, ``spacing`` for arrays)."""
+        (:func:`pipeline.engines.inputs.as_image`, ``spacing`` for arrays); an ensemble averages
+        its members."""
+        probs, image = self._probabilities(item, spacing)
+        for other in self.members[1:]:
+            more, _ = other._probabilities(item, spacing)
+            if more.shape != probs.shape:
+                raise MedsegError(
+                    f"{other.checkpoint}: its prediction has shape {tuple(more.shape)}, {self.checkpoint}'s "
+                    f"{tuple(probs.shape)}; ensemble members must predict in the input's geometry"
+                )
+            probs += more  # fp32, in place: one extra probability map whatever the number of members
+            del more
+        if len(self.members) > 1:
+            probs /= len(self.members)
+        labels = to_labels(probs, dim=0).numpy().astype(np.uint8 if self.config.num_classes <= 256 else np.int16)
+        if self.postprocessing:
+            labels = apply_postprocessing(labels, self.postprocessing, _source_spacing(image, self.config.spatial_dims))
+        return Prediction(probabilities=probs, labels=labels, image=image)
+
+    def _probabilities(
+        self, item: Mapping[str, Any] | Any, spacing: Sequence[float] | None
+    ) -> tuple[torch.Tensor, Any]:
+        """This member's probabilities in the input's geometry (fp32, CPU) and its transformed image."""
         if isinstance(item, Mapping):
             data = dict(item)
         else:
@@ -207,15 +266,14 @@ class Predictor:
                 progress=self.progress,
                 cache=self.windows,
             )[0]
-            probs = self._invert(probs.cpu(), data)
-            labels = to_labels(probs, dim=0).numpy().astype(np.uint8 if self.config.num_classes <= 256 else np.int16)
+            probs = self._invert(probs.cpu(), data).float()
         except (MemoryError, RuntimeError) as err:
             if not _out_of_memory(err):
                 raise
             source = data[keys.IMAGE].meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None
             source = source or (item if isinstance(item, (str, os.PathLike, Mapping)) else "an array")
             raise MedsegError(self._memory_advice(source, tuple(image.shape))) from None
-        return Prediction(probabilities=probs, labels=labels, image=image)
+        return probs, image
 
     def _memory_advice(self, source: Any, shape: tuple[int, ...]) -> str:
         gib = self.config.num_classes * int(np.prod(shape[1:])) * 4 / 2**30
@@ -243,6 +301,16 @@ class Predictor:
         if lut.max() <= 255 and lut.min() >= 0:
             return lut.astype(np.uint8)[labels]
         return lut.astype(np.int16)[labels]
+
+
+def _source_spacing(image: Any, spatial_dims: int) -> tuple[float, ...] | None:
+    """Voxel size of the file an image was loaded from (its original affine), None when unknown."""
+    meta = getattr(image, "meta", None) or {}
+    affine = meta.get("original_affine")
+    if affine is None:
+        return None
+    affine = np.asarray(affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:-1, :spatial_dims], axis=0))
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -333,7 +401,7 @@ def _refuse_overlap(inputs: Path, output: Path) -> None:
 
 
 def run_inference(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
     inputs: str | os.PathLike,
     output: str | os.PathLike,
     *,
@@ -346,11 +414,20 @@ def run_inference(
     resume: bool = False,
     progress: bool = True,
     fmt: str | None = None,
+    postprocessing: str | os.PathLike | Mapping[str, Any] | None = None,
+    use_postprocessing: bool = True,
+    part: int | None = None,
+    parts: int | None = None,
 ) -> list[Path]:
     """Segment a file or every image of a folder into ``output``; returns the files written.
 
     ``fmt`` (``--format``, one of :data:`OUTPUT_FORMATS`) is the output format; default: each
-    input's own (:func:`output_name`).
+    input's own (:func:`output_name`). ``checkpoint`` may name an ensemble (several checkpoints
+    or run folders, see :class:`Predictor`); ``postprocessing`` (a spec or its JSON file;
+    default: ``RUN/postprocessing.json`` of a cross-validation run) is applied unless
+    ``use_postprocessing`` is off. ``part`` of ``parts`` (default under torchrun: ``RANK`` of
+    ``WORLD_SIZE``) segments only the inputs ``i`` with ``i % parts == part`` of the sorted list,
+    so every input is written by exactly one part, whatever is already done (``--continue``).
 
     Every input's header is checked before anything is written, so a damaged file stops the
     run with nothing half-done. ``resume`` (``--continue``, nnU-Net's ``--continue_prediction``)
@@ -371,6 +448,8 @@ def run_inference(
             )
     output = Path(output)
     _refuse_overlap(Path(inputs), output)
+    part, parts = inference_shard(part, parts)
+    files = files[part::parts]
     targets = [output / output_name(p, fmt) for p in files]
     existing = [t for t in targets if t.exists()]
     if existing and not (overwrite or resume):
@@ -381,10 +460,9 @@ def run_inference(
     jobs = [(p, t) for p, t in zip(files, targets, strict=True) if not (resume and t.exists())]
     for path, _ in jobs:
         check_readable(path)
-    config = None
-    if config_path is not None or overrides:
-        base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
-        config = load_config(config_path, overrides, base=base)
+    members = checkpoint_paths(checkpoint)
+    config = member_configs(members, config_path, overrides)
+    spec = resolve_postprocessing(checkpoint, postprocessing, use_postprocessing)
     created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -394,9 +472,10 @@ def run_inference(
     try:
         if not os.access(output, os.W_OK):
             raise MedsegError(f"{output}: the output folder is not writable")
-        predictor = Predictor(checkpoint, config, device=device, tta=tta, progress=progress)
+        predictor = Predictor(members, config, device=device, tta=tta, progress=progress, postprocessing=spec)
         keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
-        for path, target in tqdm(jobs, desc="cases", disable=None if progress else True):
+        where = f" (part {part + 1} of {parts})" if parts > 1 else ""
+        for path, target in tqdm(jobs, desc=f"cases{where}", disable=None if progress else True):
             result = predictor(path)
             written += write_prediction(
                 predictor.raw_values(result.labels),
@@ -406,7 +485,7 @@ def run_inference(
                 label_values=predictor.label_values or range(predictor.config.num_classes),
             )
     except BaseException:
-        if created and not any(output.iterdir()):
+        if created and parts == 1 and not any(output.iterdir()):
             output.rmdir()  # a failed first call leaves no empty folder behind
         raise
     return written
@@ -427,7 +506,7 @@ def _load_reference(config: Config, item: Mapping[str, Any]) -> tuple[np.ndarray
 
 
 def evaluate_split(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
     split: str = "test",
@@ -441,6 +520,9 @@ def evaluate_split(
     metrics: Iterable[str] | None = None,
     nsd_tolerance: float = 1.0,
     classes: Iterable[int] | None = None,
+    postprocessing: str | os.PathLike | Mapping[str, Any] | None = None,
+    use_postprocessing: bool = True,
+    save_probabilities: bool = False,
 ):
     """Run inference on a split of the configured dataset and evaluate it against its labels.
 
@@ -455,6 +537,8 @@ def evaluate_split(
         progress: a progress bar over cases.
         metrics / nsd_tolerance: as :class:`pipeline.engines.evaluator.Evaluator`.
         classes: foreground classes to report (default: every class of the network).
+        postprocessing / use_postprocessing: as :func:`run_inference`.
+        save_probabilities: with ``save_predictions``, also ``<case>_probabilities.npz`` (float16).
 
     Returns:
         The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
@@ -465,7 +549,8 @@ def evaluate_split(
     from pipeline.data import load_datalist
     from pipeline.engines.evaluator import Evaluator, check_outputs
 
-    base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
+    members = checkpoint_paths(checkpoint)
+    base = None if config_path is not None else load_checkpoint(members[0])["config"]
     config = fill_label_values(load_config(config_path, overrides, base=base))
     items = load_datalist(config["data"]).get(split) or []
     if not items:
@@ -478,7 +563,9 @@ def evaluate_split(
             raise MedsegError(
                 f"--classes {' '.join(map(str, unknown))}: the network predicts classes {', '.join(map(str, known))}"
             )
-    predictor = Predictor(checkpoint, config, device=device, tta=tta)
+    configs = member_configs(members, config_path, overrides) or [None] * len(members)
+    spec = resolve_postprocessing(checkpoint, postprocessing, use_postprocessing)
+    predictor = Predictor(members, [config, *configs[1:]], device=device, tta=tta, postprocessing=spec)
     classes = classes or known
     evaluator = Evaluator(classes, nsd_tolerance=nsd_tolerance, metrics=metrics)
     pred_dir = Path(output) / "predictions"
@@ -494,6 +581,7 @@ def evaluate_split(
         evaluator.add(str(item.get(keys.CASE)), result.labels, label, spacing=spacing, fov=fov)
         if save_predictions:
             source = item[keys.IMAGE][0] if isinstance(item[keys.IMAGE], (list, tuple)) else item[keys.IMAGE]
-            write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source))
+            probs = result.probabilities if save_probabilities else None
+            write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source), probs)
     evaluator.write(output, overwrite=overwrite)
     return evaluator
