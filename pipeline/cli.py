@@ -8,12 +8,14 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from pipeline import runtime
+from pipeline.engines import preemption
 from pipeline.errors import MedsegError, one_line
 
 EXIT_USER_ERROR = 2
@@ -420,16 +422,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (SLURM, Kubernetes, ``timeout``), handled like Ctrl-C: the same clean-up runs (a
-    fresh run that never reached a checkpoint leaves nothing behind), then exit ``128 + 15``."""
+    """SIGTERM (SLURM, Kubernetes, ``timeout``) or SIGUSR1 (SLURM's ``--signal``), handled like
+    Ctrl-C: the same clean-up runs (a fresh run that never reached a checkpoint leaves nothing
+    behind), then exit ``128 + signal`` (143, 138). A training run that holds a checkpoint is not
+    stopped here but preempted (:mod:`pipeline.engines.preemption`): it saves at its next step."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_handler_pid = {"pid": os.getpid()}
+
+
 def _terminate(signum: int, frame: object) -> None:
+    if os.getpid() != _handler_pid["pid"]:
+        return  # a forked data-loader worker: the main process decides, and stops its workers
+    if preemption.request(signum):
+        return  # a training run with a checkpoint: it saves and stops after the current step
     raise Terminated(signum)
+
+
+def _preempted_line(err: preemption.Preempted, args: argparse.Namespace) -> str:
+    where = f"epoch {err.epoch}, step {err.step}" if err.step else f"the end of epoch {err.epoch - 1}"
+    run_dir = os.path.dirname(os.path.dirname(err.checkpoint))
+    return (
+        f"medseg: preempted ({preemption.signal_name(err.signum)}): saved {err.checkpoint} at {where}; "
+        f"continue with: medseg train -c {args.config} --output {run_dir} --resume"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -440,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    _handler_pid["pid"] = os.getpid()
+    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS} if main_thread else {}
     if main_thread and hasattr(signal, "SIGXFSZ"):
         # past `ulimit -f` a write fails with EFBIG (reported in one line) instead of killing the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -449,14 +471,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedsegError as err:
         print(f"medseg: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except preemption.Preempted as err:
+        print(_preempted_line(err, args), file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt as err:
-        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        what = f"terminated ({preemption.signal_name(err.signum)})" if isinstance(err, Terminated) else "interrupted"
         resume = " (a run that reached a checkpoint continues with the same command and --resume)"
         print(f"medseg: {what}{resume if args.command == 'train' else ''}", file=sys.stderr)
         return 128 + err.signum if isinstance(err, Terminated) else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
