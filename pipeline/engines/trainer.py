@@ -450,7 +450,9 @@ class Trainer:
             tqdm.write(self.epoch_line(record), file=sys.stdout)
             report.write_history(self.state.history, self.run_dir / "log.csv")
             if f"val_{self.val_metric}" in record:
-                report.plot_curves(self.state.history, self.run_dir / "curves.png", metric=self.val_metric)
+                report.plot_curves(
+                    self.state.history, self.run_dir / "curves.png", self.val_metric, self.config["loss"]["name"]
+                )
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
