@@ -204,7 +204,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 progress=sys.stderr.isatty(),
             )
         print(evaluator.table())
-        print(f"wrote {args.output}/per_case.csv and {args.output}/summary.json")
+        print(f"wrote {args.output}/per_case.csv, {args.output}/summary.json and {args.output}/report.html")
         return 0
 
     p.set_defaults(func=run)
@@ -407,6 +407,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="(re)build report.html for a training run or evaluation folder",
+        description="Write DIR/report.html: one self-contained page (no network) with the metrics table sortable "
+        "per case and class, the training curves, and image / truth / prediction of each case with a slice slider "
+        "for volumes. DIR is a training run folder (log.csv, checkpoints/), an evaluation folder (per_case.csv, "
+        "summary.json; pictures when medseg evaluate recorded cases.json) or a demo folder.",
+    )
+    p.add_argument("folder", metavar="DIR", help="run, evaluation or demo folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.html_report import build_report
+
+        print(f"wrote {build_report(args.folder)}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -416,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_plan, _add_train, _add_infer)
-    for add in (*commands, _add_evaluate, _add_export):
+    for add in (*commands, _add_evaluate, _add_export, _add_report):
         add(sub)
     return parser
 

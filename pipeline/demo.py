@@ -5,7 +5,8 @@
 3. evaluates the best checkpoint on the held-out test split (``medseg evaluate --checkpoint``);
 4. segments one image with flip TTA (``medseg infer``);
 5. writes ``report.md`` with the metrics table, ``curves.png`` and overlays of image / truth /
-   prediction, and prints where everything is.
+   prediction, ``report.html`` (the same in one self-contained page, sortable, with a slice
+   slider for volumes: :mod:`pipeline.engines.html_report`), and prints where everything is.
 
 The demo folder is the demo's own: a second run replaces it (it carries a marker file); a folder
 that holds anything else is refused.
@@ -114,6 +115,7 @@ def run_demo(
         MedsegError: the output folder is not the demo's own or not writable.
     """
     from pipeline.data.synth import make_dataset
+    from pipeline.engines.html_report import write_html_report
     from pipeline.engines.predictor import evaluate_split, find_inputs, run_inference
     from pipeline.engines.run import run_training
 
@@ -157,16 +159,17 @@ def run_demo(
     _say(4, f"segmenting {Path(source).name} with flip TTA -> {infer_dir}")
     run_inference(best, find_inputs(source)[0], infer_dir, tta=True, overwrite=True, progress=progress)
 
-    _say(5, f"writing the report -> {out / 'report.md'}")
+    _say(5, f"writing the report -> {out / 'report.md'} and {out / 'report.html'}")
     overlays = _overlays(config_path, overrides, eval_dir / "predictions", out / "overlays")
     summary_json = json.loads((eval_dir / "summary.json").read_text())
     minutes = (time.perf_counter() - start) / 60
     report = _report(kind, summary, summary_json, overlays, out, minutes, len(test_images))
     atomic_write_text(out / "report.md", report)
+    write_html_report(out / "report.html", run_dir=run_dir, eval_dir=eval_dir, title=f"medseg demo: {kind}")
     dice = {c: v["dice"]["mean"] for c, v in summary_json["per_class"].items()}
     print(
         f"\ndemo finished in {minutes:.1f} min: test Dice {', '.join(f'class {c} {d:.3f}' for c, d in dice.items())}\n"
-        f"  report     {out / 'report.md'}\n  curves     {run_dir / 'curves.png'}\n"
+        f"  report     {out / 'report.md'}, {out / 'report.html'}\n  curves     {run_dir / 'curves.png'}\n"
         f"  overlays   {out / 'overlays'}\n  metrics    {eval_dir / 'per_case.csv'}\n"
         f"  checkpoint {best}\n  prediction {infer_dir}"
     )

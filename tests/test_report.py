@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
@@ -98,3 +101,109 @@ def test_a_volume_is_shown_in_three_orthogonal_slices_through_its_largest_error(
     for name, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
         assert f"prediction {name} slice {point[axis]}" in titles, titles
     assert len(fig.axes) == 9
+
+
+def _evaluation(tmp_path, dims: int = 3):
+    """An evaluation folder of three cases (predictions: the labels shifted by two voxels) whose
+    cases.json names the images, as ``medseg evaluate --checkpoint ... --save-predictions`` does."""
+    from _synthetic import write_folders, write_image
+
+    from pipeline.engines.evaluator import evaluate_folder
+    from pipeline.engines.html_report import write_case_index
+    from pipeline.io import read_label
+
+    data = write_folders(tmp_path / "data", n=3, size=24 if dims == 3 else 40, dims=dims)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in sorted((data / "labels").iterdir()):
+        write_image(pred / f.name, np.roll(read_label(f).array, 2, axis=0))
+    out = tmp_path / "eval"
+    evaluate_folder(pred, data / "labels", out)
+    cases = [
+        {"case": f.name.split(".")[0], "image": data / "images" / f.name, "label": f, "prediction": pred / f.name}
+        for f in sorted((data / "labels").iterdir())
+    ]
+    write_case_index(out, cases, [0, 1])
+    return out
+
+
+def test_report_html_is_self_contained_sortable_and_has_a_slider_per_volume(tmp_path, capsys):
+    import json
+    import re
+
+    from pipeline.cli import main
+
+    out = _evaluation(tmp_path)
+    assert (out / "report.html").is_file()  # evaluate wrote one (without images: no cases.json then)
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert re.findall(r'(?:src|href)="(?!data:image/png;base64,)', page) == []  # nothing fetched from anywhere
+    assert "http:" not in page and "https:" not in page and "<link" not in page
+    assert len(page) < 2_000_000
+    assert '<table class="sortable" id="per-case">' in page and "addEventListener('click'" in page
+    blocks = re.findall(r'<div class="case volume" data-slices="([^"]+)"', page)
+    assert len(blocks) == 3
+    for block in blocks:
+        data = json.loads(block.replace("&quot;", '"'))
+        assert 2 <= len(data["z"]) <= 32 and len(data["src"]) == len(data["z"])
+        assert len(set(data["src"])) > 1, "the slices differ"
+    assert re.search(r"<h3>case0: Dice 0\.\d{3}</h3>", page)
+
+
+def test_report_of_a_run_folder_draws_the_curves_from_its_log_and_refuses_other_folders(tmp_path, capsys):
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    report.write_history(_history(), run / "log.csv")
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert 'alt="training curves" src="data:image/png;base64,' in page and '<table class="sortable" id="log">' in page
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty: neither a training run folder (log.csv or checkpoints/) nor an" in err[0], err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(*args: str) -> str:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=3000"]
+    done = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_report_html_in_a_real_browser_shows_pictures_and_the_slider_moves_the_slice(tmp_path):
+    import json
+    import re
+
+    from PIL import Image
+
+    from pipeline.engines.html_report import build_report
+
+    page = build_report(_evaluation(tmp_path)).resolve()
+    shots = {}
+    for position in ("0", "99"):  # #slice=K opens every slider at its K-th slice (the last one for 99)
+        shot = tmp_path / f"slice{position}.png"
+        _chromium("--window-size=1200,1600", f"--screenshot={shot}", f"{page.as_uri()}#slice={position}")
+        shots[position] = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    first, last = shots["0"], shots["99"]
+    assert first.std() > 20 and len(np.unique(first.reshape(-1, 3), axis=0)) > 50, "a blank screenshot"
+    changed = np.argwhere(np.abs(first - last).max(axis=2) > 0)
+    assert changed.size, "moving the slider changed nothing on the screen"
+    height, width = changed.max(axis=0) - changed.min(axis=0)
+    assert height > 100 and width > 300, (height, width)  # the pictures, not only the slider's thumb
+    # the document after the script ran: each volume's picture is its last slice
+    dom = _chromium(f"{page.as_uri()}#slice=99", "--dump-dom")
+    shown = re.findall(r'<img class="slice"[^>]*data-slice="(\d+)"', dom) + re.findall(
+        r'data-slice="(\d+)"[^>]*class="slice"', dom
+    )
+    blocks = re.findall(r'data-slices="([^"]+)"', page.read_text())
+    last = [str(json.loads(b.replace("&quot;", '"'))["z"][-1]) for b in blocks]
+    initial = re.findall(r'<img class="slice"[^>]*data-slice="(\d+)"', page.read_text())
+    assert len(shown) == 3 and shown == last and shown != initial, (shown, last, initial)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from pipeline.config import Config, load_config, resolve
 from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_chain
-from pipeline.engines import factory
+from pipeline.engines import factory, html_report
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
 from pipeline.errors import DataError, MedsegError, list_some
@@ -414,6 +414,7 @@ def evaluate_split(
     pred_dir = Path(output) / "predictions"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
+    pictured = []  # cases.json: the files of each case, for report.html
     for item in tqdm(items, desc=f"evaluating {split}", disable=None if progress else True):
         result = predictor(item)
         label, spacing, fov = _load_reference(config, item)
@@ -425,5 +426,10 @@ def evaluate_split(
         if save_predictions:
             source = item[keys.IMAGE][0] if isinstance(item[keys.IMAGE], (list, tuple)) else item[keys.IMAGE]
             write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source))
+            pictured.append({"case": item.get(keys.CASE), "image": source, "label": item[keys.LABEL],
+                             "prediction": pred_dir / output_name(source)})  # fmt: skip
     evaluator.write(output, overwrite=overwrite)
+    if pictured:
+        html_report.write_case_index(output, pictured, config["transforms"]["label_values"])
+    html_report.build_report(output)
     return evaluator
