@@ -80,7 +80,7 @@ def test_errors_are_three_colours_on_a_grey_version_of_a_colour_image(tmp_path):
     assert fig._suptitle.get_text() == "c1: Dice 0.250"
 
 
-def test_a_volume_is_shown_in_three_orthogonal_slices_through_its_largest_error(tmp_path):
+def test_a_volume_is_shown_in_three_orthogonal_slices_through_its_structure_and_errors(tmp_path):
     import nibabel as nib
 
     from pipeline.engines import views
@@ -88,14 +88,18 @@ def test_a_volume_is_shown_in_three_orthogonal_slices_through_its_largest_error(
     truth = np.zeros((20, 24, 16), np.uint8)
     truth[2:6, 2:6, 2:6] = 1
     pred = truth.copy()
-    pred[12:18, 14:20, 9:13] = 1  # the one false positive blob, far from the middle slice
+    pred[12:16, 14:18, 9:15] = 1  # a larger false positive blob, far from the middle slices and from the truth
     image = np.random.default_rng(0).normal(size=truth.shape).astype(np.float32)
     for name, arr in (("img", image), ("truth", truth), ("pred", pred)):
         nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 2.5, 1.0])), tmp_path / f"{name}.nii.gz")
     view = views.load_case_view("v1", *(tmp_path / f"{n}.nii.gz" for n in ("img", "truth", "pred")))
     assert view.spacing == (1.0, 1.0, 2.5)
     point = views.focus_point(view)
-    assert 12 <= point[0] < 18 and 14 <= point[1] < 20 and 9 <= point[2] < 13, point
+    assert all(2 <= p < 6 for p in point), point  # through the truth, not the larger false positive
+    pred[2:6, 2:6, 2:6] = 0  # no truth found: the slices still cut the truth
+    assert views.focus_point(views.CaseView("v", None, truth, pred, (1.0,) * 3)) == point
+    fp_only = views.CaseView("v", None, np.zeros_like(truth), pred, (1.0,) * 3)  # nothing to find
+    assert views.focus_point(fp_only) == (14, 16, 12)  # the false positives, in the middle of equal slices
     fig = views.overlay_figure(view)
     titles = [ax.get_title() for ax in fig.axes]
     for name, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
@@ -207,3 +211,14 @@ def test_report_html_in_a_real_browser_shows_pictures_and_the_slider_moves_the_s
     last = [str(json.loads(b.replace("&quot;", '"'))["z"][-1]) for b in blocks]
     initial = re.findall(r'<img class="slice"[^>]*data-slice="(\d+)"', page.read_text())
     assert len(shown) == 3 and shown == last and shown != initial, (shown, last, initial)
+
+
+def test_the_slices_of_two_lungs_cut_a_lung_not_the_empty_middle():
+    from pipeline.engines import views
+
+    truth = np.zeros((20, 12, 10), np.uint8)
+    truth[2:7, 2:10, 2:8] = 1
+    truth[13:19, 2:10, 2:8] = 1  # the right one a little larger; nothing between x 7 and 12
+    view = views.CaseView("two", None, truth, truth.copy(), (1.0, 1.0, 1.0))
+    x, y, z = views.focus_point(view)
+    assert (2 <= x < 7 or 13 <= x < 19) and (y, z) == (6, 5), (x, y, z)  # in a lung, mid-height

@@ -1,6 +1,6 @@
 """Pictures of a segmentation a person can read: the image in grey with true positives, false
 positives and misses in three colour-blind-safe colours, per-image Dice, and for volumes three
-orthogonal slices through the structure.
+orthogonal slices through the structure and its errors.
 
 The colours are drawn on a greyscale version of the image (a colour fundus becomes grey), so no
 colour of the image competes with them: sky blue for true positives, vermillion for false
@@ -161,24 +161,23 @@ def dice_text(view: CaseView) -> str:
 
 
 def focus_point(view: CaseView) -> tuple[int, ...]:
-    """Where the three slices of a volume cross: inside the largest connected error (false
-    positives and misses), else the centre of the foreground (truth or prediction), else the
-    centre of the volume. The point is a voxel of that region (nearest to its centre of mass)."""
-    from scipy import ndimage
-
+    """The slice to show along each axis of a volume: the one holding the most of the structure,
+    scored per slice as twice its truth voxels plus its voxels in error (false positives and
+    misses), so the truth leads and errors decide between slices of equal truth, and a
+    prediction without truth shows its false positives; the middle slice when all is empty.
+    Each slice is chosen on its own, so the three cut through the structure even where its
+    centre is empty (between two lungs)."""
     errors = error_map(view.truth, view.pred)
-    region = errors >= 2
-    if region.any():
-        components, n = ndimage.label(region)
-        sizes = ndimage.sum_labels(region, components, index=np.arange(1, n + 1))
-        region = components == 1 + int(np.argmax(sizes))
-    else:
-        region = errors > 0
-    if not region.any():
+    truth = view.truth if view.truth is not None else np.zeros(errors.shape, np.uint8)
+    score = 2 * (truth > 0).astype(np.int64) + (errors >= 2)
+    if not score.any():
         return tuple(s // 2 for s in view.shape)
-    points = np.argwhere(region)
-    centre = points.mean(axis=0)
-    return tuple(int(v) for v in points[np.argmin(((points - centre) ** 2).sum(axis=1))])
+    chosen = []
+    for axis in range(score.ndim):
+        profile = score.sum(axis=tuple(a for a in range(score.ndim) if a != axis))
+        best = np.flatnonzero(profile == profile.max())
+        chosen.append(int(best[len(best) // 2]))  # of equal slices the middle one, not the structure's edge
+    return tuple(chosen)
 
 
 def _to_picture(plane: np.ndarray, volume: bool) -> np.ndarray:
