@@ -467,9 +467,10 @@ def _terminate(signum: int, frame: object) -> None:
 def _preempted_line(err: preemption.Preempted, args: argparse.Namespace) -> str:
     where = f"epoch {err.epoch}, step {err.step}" if err.step else f"the end of epoch {err.epoch - 1}"
     run_dir = os.path.dirname(os.path.dirname(err.checkpoint))
+    config = args.config if args.command == "train" else os.path.join(run_dir, "config.yaml")  # demo: the run's own
     return (
         f"medseg: preempted ({preemption.signal_name(err.signum)}): saved {err.checkpoint} at {where}; "
-        f"continue with: medseg train -c {args.config} --output {run_dir} --resume"
+        f"continue with: medseg train -c {config} --output {run_dir} --resume"
     )
 
 

@@ -219,3 +219,17 @@ def test_sigusr1_before_the_first_checkpoint_stops_at_once_and_leaves_nothing(se
     assert _launch(setup["ctx"], ["train", "-c", long_epochs, "--output", str(run)], "SIGUSR1", 2, stderr=err) == 138
     assert err.read_text().strip().splitlines()[-1].startswith("medseg: terminated (SIGUSR1)")
     assert not run.exists()
+
+
+def test_the_preemption_line_of_a_demo_points_at_the_runs_own_config(tmp_path):
+    import argparse
+
+    from pipeline.cli import _preempted_line
+    from pipeline.engines.preemption import Preempted
+
+    err = Preempted(10, str(tmp_path / "run" / "checkpoints" / "last.pt"), 4, 0)
+    line = _preempted_line(err, argparse.Namespace(command="demo"))
+    assert line == (
+        f"medseg: preempted (SIGUSR1): saved {tmp_path}/run/checkpoints/last.pt at the end of epoch 3; "
+        f"continue with: medseg train -c {tmp_path}/run/config.yaml --output {tmp_path}/run --resume"
+    )

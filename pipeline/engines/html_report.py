@@ -11,8 +11,8 @@ attachment or an air-gapped cluster. It holds:
 - for each case (up to :data:`MAX_CASES`) the image, the truth and the prediction with true
   positives / false positives / misses (:mod:`pipeline.engines.views`), per-image Dice, and for
   volumes a slider over up to :data:`MAX_SLICES` axial slices of the structure (shrunk to
-  :data:`PANEL_SIDE` pixels a panel, so the file stays a few MB). ``report.html#slice=K`` opens
-  every slider at its K-th slice.
+  :data:`PANEL_SIDE` pixels a panel, so the file stays small). ``report.html#slice=K`` opens every
+  slider at its K-th slice.
 
 Which folder is which comes from the files in it: a training run holds ``log.csv`` or
 ``checkpoints/``; an evaluation ``per_case.csv`` and ``summary.json``, and ``cases.json`` (the
@@ -41,7 +41,7 @@ __all__ = ["build_report", "write_html_report", "write_case_index", "MAX_CASES",
 
 MAX_CASES = 8
 MAX_SLICES = 32
-PANEL_SIDE = 192
+PANEL_SIDE = 160  # pixels of a volume slice's panel (a 2D case's: twice as many)
 CASES_JSON = "cases.json"
 
 
@@ -190,7 +190,7 @@ def _slice_indices(view) -> tuple[list[int], int]:
     return chosen, int(np.argmin([abs(z - focus) for z in chosen]))
 
 
-def _triptych(view, axis: int, index: int) -> bytes:
+def _triptych(view, axis: int, index: int, side: int = PANEL_SIDE) -> bytes:
     from pipeline.engines.views import compose, planes, png_bytes
 
     cut = planes(view, axis, index)
@@ -200,7 +200,7 @@ def _triptych(view, axis: int, index: int) -> bytes:
         compose(cut["grey"], cut["truth"], "truth", shape),
         compose(cut["grey"], cut["errors"], "errors", shape),
     ]
-    scale = min(1.0, PANEL_SIDE / max(shape))
+    scale = min(1.0, side / max(shape))
     gap = np.full((shape[0], max(1, round(max(shape) / 40)), 3), 255, np.uint8)  # about 1/40 of a panel
     joined = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     return png_bytes(joined, max_side=round(max(joined.shape[:2]) * scale))
@@ -217,7 +217,7 @@ def _case_block(entry: Mapping[str, Any], label_values: Sequence[float] | None) 
     title = f"<h3>{html.escape(case)}: {html.escape(dice_text(view))}</h3>"
     names = '<div class="names"><span>image</span><span>truth</span><span>prediction</span></div>'
     if len(view.shape) == 2:
-        img = f'<img class="slice" alt="{html.escape(case)}" src="{_png_uri(_triptych(view, 0, 0))}">'
+        img = f'<img class="slice" alt="{html.escape(case)}" src="{_png_uri(_triptych(view, 0, 0, 2 * PANEL_SIDE))}">'
         return f'<div class="case">{title}{names}{img}</div>'
     chosen, start = _slice_indices(view)
     uris = [_png_uri(_triptych(view, 2, z)) for z in chosen]
@@ -290,7 +290,10 @@ def write_html_report(
     sources = ", ".join(str(p.resolve()) for p in (run_dir, eval_dir) if p is not None)
     parts.append(f'<p class="where">written {stamp} from {html.escape(sources)}</p>')
     if eval_dir is not None:
-        summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+        try:
+            summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise MedsegError(f"{eval_dir / 'summary.json'}: not valid JSON ({err})") from None
         parts.append(f"<h2>Evaluation: {summary.get('n_cases')} case(s)</h2>")
         parts.append("<p>Mean ± std per class (distances in mm).</p>" + _summary_table(summary))
         parts.append("<h3>Per case and class (click a header to sort)</h3>")
