@@ -211,6 +211,13 @@ def test_report_html_in_a_real_browser_shows_pictures_and_the_slider_moves_the_s
     last = [str(json.loads(b.replace("&quot;", '"'))["z"][-1]) for b in blocks]
     initial = re.findall(r'<img class="slice"[^>]*data-slice="(\d+)"', page.read_text())
     assert len(shown) == 3 and shown == last and shown != initial, (shown, last, initial)
+    # sorting: #sort=COLUMN runs what a click on that header runs
+    table = re.search(
+        r'<table class="sortable" id="per-case">.*?</table>', _chromium(f"{page.as_uri()}#sort=dice", "--dump-dom")
+    )
+    rows = re.findall(r"<tr><td[^>]*>(case\d)</td><td[^>]*>1</td><td[^>]*>([\d.]+)</td>", table.group(0))
+    dice = [float(v) for _, v in rows]
+    assert len(dice) == 3 and dice == sorted(dice) and [c for c, _ in rows] != ["case0", "case1", "case2"], rows
 
 
 def test_the_slices_of_two_lungs_cut_a_lung_not_the_empty_middle():

@@ -12,7 +12,7 @@ attachment or an air-gapped cluster. It holds:
   positives / false positives / misses (:mod:`pipeline.engines.views`), per-image Dice, and for
   volumes a slider over up to :data:`MAX_SLICES` axial slices of the structure (shrunk to
   :data:`PANEL_SIDE` pixels a panel, so the file stays small). ``report.html#slice=K`` opens every
-  slider at its K-th slice.
+  slider at its K-th slice, ``#sort=COLUMN`` sorts the tables by that column (as a click does).
 
 Which folder is which comes from the files in it: a training run holds ``log.csv`` or
 ``checkpoints/``; an evaluation ``per_case.csv`` and ``summary.json``, and ``cases.json`` (the
@@ -269,6 +269,8 @@ function sortBy(th){
   rows.forEach(r=>body.appendChild(r));
 }
 document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+const sortKey=(location.hash.match(/sort=([\\w-]+)/)||[])[1];
+if(sortKey)document.querySelectorAll('table.sortable th').forEach(th=>{if(th.textContent===sortKey)sortBy(th);});
 const wanted=(location.hash.match(/slice=(\\d+)/)||[])[1];
 document.querySelectorAll('.case.volume').forEach(div=>{
   const data=JSON.parse(div.dataset.slices), img=div.querySelector('img.slice');
