@@ -41,7 +41,8 @@ __all__ = ["build_report", "write_html_report", "write_case_index", "MAX_CASES",
 
 MAX_CASES = 8
 MAX_SLICES = 32
-PANEL_SIDE = 160  # pixels of a volume slice's panel (a 2D case's: twice as many)
+PANEL_SIDE = 160  # pixels of a volume slice's panel
+FLAT_SIDE = 400  # of a 2D case's (one picture, not a stack; thin structures such as vessels need them)
 CASES_JSON = "cases.json"
 
 
@@ -217,8 +218,8 @@ def _case_block(entry: Mapping[str, Any], label_values: Sequence[float] | None) 
     title = f"<h3>{html.escape(case)}: {html.escape(dice_text(view))}</h3>"
     names = '<div class="names"><span>image</span><span>truth</span><span>prediction</span></div>'
     if len(view.shape) == 2:
-        img = f'<img class="slice" alt="{html.escape(case)}" src="{_png_uri(_triptych(view, 0, 0, 2 * PANEL_SIDE))}">'
-        return f'<div class="case">{title}{names}{img}</div>'
+        img = f'<img class="slice" alt="{html.escape(case)}" src="{_png_uri(_triptych(view, 0, 0, FLAT_SIDE))}">'
+        return f'<div class="case flat">{title}{names}{img}</div>'
     chosen, start = _slice_indices(view)
     uris = [_png_uri(_triptych(view, 2, z)) for z in chosen]
     data = html.escape(json.dumps({"z": chosen, "src": uris}))
@@ -250,6 +251,7 @@ th{background:#f1f1f1;cursor:pointer;user-select:none}th:first-child,td:first-ch
 th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 img.curves{max-width:100%}img.slice{image-rendering:pixelated;width:100%;display:block}
 .case{display:inline-block;vertical-align:top;margin:0 24px 18px 0;width:min(100%,560px)}
+.case.flat{width:min(100%,1150px)}
 .names{display:flex;justify-content:space-around;font-size:12px;color:#555}
 .key{margin-right:14px;font-size:13px}.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;
 vertical-align:middle;border:1px solid #888}.slider{width:100%}.where{font-size:12px;color:#555}
