@@ -431,5 +431,7 @@ def evaluate_split(
     evaluator.write(output, overwrite=overwrite)
     if pictured:
         html_report.write_case_index(output, pictured, config["transforms"]["label_values"])
+    else:  # an index left by an earlier --save-predictions run would show other predictions
+        (Path(output) / html_report.CASES_JSON).unlink(missing_ok=True)
     html_report.build_report(output)
     return evaluator
