@@ -8,12 +8,14 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from pipeline import runtime
+from pipeline.engines import preemption
 from pipeline.errors import MedsegError, one_line
 
 EXIT_USER_ERROR = 2
@@ -212,7 +214,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 progress=sys.stderr.isatty(),
             )
         print(evaluator.table())
-        print(f"wrote {args.output}/per_case.csv and {args.output}/summary.json")
+        print(f"wrote {args.output}/per_case.csv, {args.output}/summary.json and {args.output}/report.html")
         return 0
 
     p.set_defaults(func=run)
@@ -550,6 +552,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="(re)build report.html for a training run or evaluation folder",
+        description="Write DIR/report.html: one self-contained page (no network) with the metrics table sortable "
+        "per case and class, the training curves, and image / truth / prediction of each case with a slice slider "
+        "for volumes. DIR is a training run folder (log.csv, checkpoints/), an evaluation folder (per_case.csv, "
+        "summary.json; pictures when medseg evaluate recorded cases.json) or a demo folder.",
+    )
+    p.add_argument("folder", metavar="DIR", help="run, evaluation or demo folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.engines.html_report import build_report
+
+        print(f"wrote {build_report(args.folder)}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -559,22 +581,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = (_add_demo, _add_networks, _add_synth, _add_check_data, _add_plan, _add_train, _add_infer)
-    for add in (*commands, _add_cv, _add_select, _add_evaluate, _add_export):
+    for add in (*commands, _add_cv, _add_select, _add_evaluate, _add_export, _add_report):
         add(sub)
     return parser
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (SLURM, Kubernetes, ``timeout``), handled like Ctrl-C: the same clean-up runs (a
-    fresh run that never reached a checkpoint leaves nothing behind), then exit ``128 + 15``."""
+    """SIGTERM (SLURM, Kubernetes, ``timeout``) or SIGUSR1 (SLURM's ``--signal``), handled like
+    Ctrl-C: the same clean-up runs (a fresh run that never reached a checkpoint leaves nothing
+    behind), then exit ``128 + signal`` (143, 138). A training run that holds a checkpoint is not
+    stopped here but preempted (:mod:`pipeline.engines.preemption`): it saves at its next step."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_handler_pid = {"pid": os.getpid()}
+
+
 def _terminate(signum: int, frame: object) -> None:
+    if os.getpid() != _handler_pid["pid"]:
+        return  # a forked data-loader worker: the main process decides, and stops its workers
+    if preemption.request(signum):
+        return  # a training run with a checkpoint: it saves and stops after the current step
     raise Terminated(signum)
+
+
+def _preempted_line(err: preemption.Preempted, args: argparse.Namespace) -> str:
+    where = f"epoch {err.epoch}, step {err.step}" if err.step else f"the end of epoch {err.epoch - 1}"
+    run_dir = os.path.dirname(os.path.dirname(err.checkpoint))
+    config = args.config if args.command == "train" else os.path.join(run_dir, "config.yaml")  # demo: the run's own
+    return (
+        f"medseg: preempted ({preemption.signal_name(err.signum)}): saved {err.checkpoint} at {where}; "
+        f"continue with: medseg train -c {config} --output {run_dir} --resume"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -585,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    _handler_pid["pid"] = os.getpid()
+    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS} if main_thread else {}
     if main_thread and hasattr(signal, "SIGXFSZ"):
         # past `ulimit -f` a write fails with EFBIG (reported in one line) instead of killing the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -594,14 +637,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedsegError as err:
         print(f"medseg: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except preemption.Preempted as err:
+        print(_preempted_line(err, args), file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt as err:
-        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        what = f"terminated ({preemption.signal_name(err.signum)})" if isinstance(err, Terminated) else "interrupted"
         resume = " (a run that reached a checkpoint continues with the same command and --resume)"
         print(f"medseg: {what}{resume if args.command == 'train' else ''}", file=sys.stderr)
         return 128 + err.signum if isinstance(err, Terminated) else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

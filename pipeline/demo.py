@@ -5,7 +5,8 @@
 3. evaluates the best checkpoint on the held-out test split (``medseg evaluate --checkpoint``);
 4. segments one image with flip TTA (``medseg infer``);
 5. writes ``report.md`` with the metrics table, ``curves.png`` and overlays of image / truth /
-   prediction, and prints where everything is.
+   prediction, ``report.html`` (the same in one self-contained page, sortable, with a slice
+   slider for volumes: :mod:`pipeline.engines.html_report`), and prints where everything is.
 
 The demo folder is the demo's own: a second run replaces it (it carries a marker file); a folder
 that holds anything else is refused.
@@ -13,6 +14,7 @@ that holds anything else is refused.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import ConfigError, MedsegError
-from pipeline.io import atomic_write_text, read_label
+from pipeline.io import atomic_write_bytes, atomic_write_text
 from pipeline.registry import DEMOS
 
 __all__ = ["run_demo", "DEMOS", "config_dir"]
@@ -115,6 +115,7 @@ def run_demo(
         MedsegError: the output folder is not the demo's own or not writable.
     """
     from pipeline.data.synth import make_dataset
+    from pipeline.engines.html_report import write_html_report
     from pipeline.engines.predictor import evaluate_split, find_inputs, run_inference
     from pipeline.engines.run import run_training
 
@@ -158,16 +159,17 @@ def run_demo(
     _say(4, f"segmenting {Path(source).name} with flip TTA -> {infer_dir}")
     run_inference(best, find_inputs(source)[0], infer_dir, tta=True, overwrite=True, progress=progress)
 
-    _say(5, f"writing the report -> {out / 'report.md'}")
+    _say(5, f"writing the report -> {out / 'report.md'} and {out / 'report.html'}")
     overlays = _overlays(config_path, overrides, eval_dir / "predictions", out / "overlays")
     summary_json = json.loads((eval_dir / "summary.json").read_text())
     minutes = (time.perf_counter() - start) / 60
     report = _report(kind, summary, summary_json, overlays, out, minutes, len(test_images))
     atomic_write_text(out / "report.md", report)
+    write_html_report(out / "report.html", run_dir=run_dir, eval_dir=eval_dir, title=f"medseg demo: {kind}")
     dice = {c: v["dice"]["mean"] for c, v in summary_json["per_class"].items()}
     print(
         f"\ndemo finished in {minutes:.1f} min: test Dice {', '.join(f'class {c} {d:.3f}' for c, d in dice.items())}\n"
-        f"  report     {out / 'report.md'}\n  curves     {run_dir / 'curves.png'}\n"
+        f"  report     {out / 'report.md'}, {out / 'report.html'}\n  curves     {run_dir / 'curves.png'}\n"
         f"  overlays   {out / 'overlays'}\n  metrics    {eval_dir / 'per_case.csv'}\n"
         f"  checkpoint {best}\n  prediction {infer_dir}"
     )
@@ -181,58 +183,23 @@ def _test_items(config_path: Path, overrides: Sequence[str]) -> list[Mapping[str
     return load_datalist(load_config(config_path, overrides)["data"])["test"]
 
 
-def _display_slice(path: str | os.PathLike) -> np.ndarray:
-    """A 2D view of an image file: the image itself, or the middle axial slice of a volume."""
-    if str(path).lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-        return np.rot90(vol[..., vol.shape[2] // 2])
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB") if img.mode not in ("L", "I", "F", "I;16") else img, dtype=np.float32)
-
-
-def _label_slice(path: str | os.PathLike) -> np.ndarray:
-    arr = np.asarray(read_label(path).array)
-    return np.rot90(arr[..., arr.shape[2] // 2]) if arr.ndim == 3 else arr.T  # pipeline.io's W H -> the picture
-
-
 def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_dir: Path, limit: int = 4) -> list[Path]:
-    """Image / truth / prediction side by side for up to ``limit`` test cases."""
-    # matplotlib's object API, not pyplot: the caller's backend (a notebook's) stays as it is
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Image / truth / true positives, false positives and misses for up to ``limit`` test cases
+    (:func:`pipeline.engines.views.overlay_figure`: three orthogonal slices for volumes)."""
     from pipeline.engines.predictor import output_name
+    from pipeline.engines.views import load_case_view, overlay_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for item in _test_items(config_path, overrides)[:limit]:
         source = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
-        pred_path = pred_dir / output_name(source)
-        label = item["label"]
-        if isinstance(label, (list, tuple)):  # DSB2018: one mask per nucleus
-            label_arr = np.any([_label_slice(p) > 0 for p in label], axis=0).astype(np.uint8) if label else None
-        else:
-            label_arr = _label_slice(label)
-        image = _display_slice(source)
-        pred = _label_slice(pred_path) if pred_path.exists() else None
-        fig = Figure(figsize=(11, 4))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 3)
-        lo, hi = np.percentile(image, [1, 99])
-        shown = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-        for ax, (title, mask) in zip(axes, (("image", None), ("truth", label_arr), ("prediction", pred)), strict=True):
-            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
-            if mask is not None:
-                ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.55, interpolation="nearest")
-            ax.set_title(f"{item.get('case', '')}: {title}")
-            ax.axis("off")
-        fig.tight_layout()
+        view = load_case_view(
+            str(item.get("case", Path(source).name)), source, item["label"], pred_dir / output_name(source)
+        )
         target = out_dir / f"{Path(output_name(source)).name.split('.')[0]}.png"
-        fig.savefig(target, dpi=80)
+        buf = io.BytesIO()
+        overlay_figure(view).savefig(buf, format="png", dpi=80)
+        atomic_write_bytes(target, buf.getvalue())
         written.append(target)
     return written
 

@@ -146,13 +146,16 @@ def cli_context():
     return ctx
 
 
-def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
+def run_cli(argv: list[str], fault: str | None = None, at: int = 1, stderr: str | None = None) -> None:
     """Child target: ``medseg <argv>``, exiting with its return code.
 
     ``fault`` kills the process with SIGKILL inside a save of ``last.pt``: ``"write"`` in the
     ``at``-th save, after half of the bytes reached the temporary file; ``"rename"`` at the
     ``at``-th time an existing ``last.pt`` became ``last.prev.pt`` (the first save has none),
-    before the new file took its place.
+    before the new file took its place. ``"SIGTERM"`` / ``"SIGUSR1"`` send that signal to the
+    process at the start of the ``at``-th optimiser step (counted over the whole run).
+    ``stderr``: a file that receives the child's standard error (a forkserver child writes to
+    the server's, which pytest's ``capfd`` does not see).
     """
     import signal
 
@@ -160,6 +163,9 @@ def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
     from pipeline.engines import checkpoint
 
     saves = {"n": 0}
+    if stderr is not None:
+        sys.stderr.flush()
+        os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -200,8 +206,20 @@ def run_cli(argv: list[str], fault: str | None = None, at: int = 1) -> None:
                     die()
 
         checkpoint.os.replace = replace
+    elif fault in ("SIGTERM", "SIGUSR1"):  # the signal arrives during the at-th optimiser step
+        from pipeline.engines.trainer import Trainer
+
+        real_step = Trainer.train_step
+
+        def step(self, batch):
+            saves["n"] += 1
+            if saves["n"] == at:
+                os.kill(os.getpid(), getattr(signal, fault))
+            return real_step(self, batch)
+
+        Trainer.train_step = step
     elif fault is not None:
-        raise ValueError(f"fault must be None, 'write' or 'rename', got {fault!r}")
+        raise ValueError(f"fault must be None, 'write', 'rename', 'SIGTERM' or 'SIGUSR1', got {fault!r}")
     sys.exit(main(argv))
 
 

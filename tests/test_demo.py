@@ -22,6 +22,8 @@ def test_quick_demo_writes_report_and_replaces_its_own_folder(tmp_path, capsys):
     assert list((out / "overlays").glob("*.png")) and list((out / "infer").glob("*.png"))
     report = (out / "report.md").read_text()
     assert "| 1 |" in report and "![curves](run/curves.png)" in report
+    page = (out / "report.html").read_text()  # beside report.md: the curves and the test cases' pictures
+    assert 'alt="training curves" src="data:image/png;base64,' in page and '<img class="slice"' in page
     # a second run replaces the demo's own folder
     (out / "stale.txt").write_text("old")
     assert main(["demo", "--quick", "--out", str(out), "--network", "resunet"]) == 0

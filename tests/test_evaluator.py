@@ -83,7 +83,8 @@ def test_cli_nifti_end_to_end(nifti_folders, capsys):
     assert f"{out / 'per_case.csv'} exists; pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--output", str(out), "--overwrite", "--classes", "1", "--metrics", "dice"]) == 0
     assert list(_read_csv(out / "per_case.csv")[0]) == ["case", "class", "dice", "status"]
-    assert sorted(p.name for p in out.iterdir()) == ["per_case.csv", "summary.json"]  # no temp files left
+    names = ["cases.json", "per_case.csv", "report.html", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == names  # no temp files left
 
 
 def _gif(path, array):

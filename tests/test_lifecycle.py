@@ -53,7 +53,7 @@ def test_bad_file_with_the_memory_cache_exits_2(tmp_path, fault, workers):
     assert not (tmp_path / "run").exists()
 
 
-def _start_training(tmp_path, **train) -> tuple[subprocess.Popen, str, object]:
+def _start_training(tmp_path, new_session: bool = False, **train) -> tuple[subprocess.Popen, str, object]:
     data = write_folders(tmp_path / "data", n=4, size=32)
     cfg = tiny_config(data, tmp_path / "run")
     cfg["train"].update(train)
@@ -65,6 +65,7 @@ def _start_training(tmp_path, **train) -> tuple[subprocess.Popen, str, object]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,  # its own process group, which a test may signal as a whole
     )
     return child, config, tmp_path / "run"
 
@@ -118,6 +119,32 @@ def test_sigterm_after_a_checkpoint_keeps_it_and_resume_continues(tmp_path):
     assert child.returncode == 143 and "--resume" in err.strip().splitlines()[-1], err
     assert (run / "checkpoints" / "last.pt").exists()
     assert main(["train", "-c", config, "--resume", "--set", "train.epochs=2"]) == 0
+
+
+@pytest.mark.slow
+def test_sigusr1_to_the_whole_process_group_with_loader_workers_saves_and_resumes(tmp_path):
+    """What ``srun`` does with ``--signal``: every process of the job step gets the signal, the
+    data-loader workers too; they leave it to the trainer, which saves and exits 138."""
+    import os
+
+    from pipeline.cli import main
+    from pipeline.engines.checkpoint import load_checkpoint
+
+    child, config, run = _start_training(tmp_path, True, epochs=1000, num_workers=2, iterations_per_epoch=20)
+    _wait_for(lambda: (run / "checkpoints" / "last.pt").exists(), child)
+    time.sleep(0.5)
+    os.killpg(child.pid, signal.SIGUSR1)
+    _, err = child.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert child.returncode == 138 and last.startswith("medseg: preempted (SIGUSR1): saved "), err[-3000:]
+    assert "Traceback" not in err and "DataLoader worker" not in err, err[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    done = saved["train_state"]["epoch"]
+    assert (
+        main(["train", "-c", config, "--resume", "--set", f"train.epochs={done + 1}", "--set", "train.num_workers=0"])
+        == 0
+    )
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["epoch"] == done + 1
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "containing", "file's folder"])  # a file's subfolder is fine

@@ -21,9 +21,11 @@ from pipeline.engines.checkpoint import load_checkpoint
 EPOCHS = 3
 
 
-def _launch(ctx, argv: list[str], fault: str | None = None, at: int = 1, kill_after: float | None = None) -> int:
+def _launch(
+    ctx, argv: list[str], fault: str | None = None, at: int = 1, kill_after: float | None = None, stderr=None
+) -> int:
     """``medseg argv`` in a child; SIGKILL it after ``kill_after`` seconds if still running."""
-    proc = ctx.Process(target=run_cli, args=(argv, fault, at))
+    proc = ctx.Process(target=run_cli, args=(argv, fault, at, None if stderr is None else str(stderr)))
     proc.start()
     proc.join(kill_after)
     if proc.is_alive():
@@ -173,3 +175,61 @@ def test_resume_before_the_first_checkpoint_starts_again(setup, capsys):
     with pytest.warns(UserWarning, match=r"holds no checkpoint yet; starting the run again"):
         assert main([*_output(setup, run.name), "--resume", "--epochs", "1"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def long_epochs(setup):
+    """A reference run whose epochs are 5 steps over a loader of 2 batches (each epoch passes the
+    loader three times), so a preemption can land in a later pass of an epoch."""
+    base = setup["base"]
+    raw = tiny_config(base / "data", base / "long-reference", train={"epochs": 3, "iterations_per_epoch": 5})
+    config = write_config(base / "long.yaml", raw)
+    assert _launch(setup["ctx"], ["train", "-c", config]) == 0
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signame", "code", "step", "where"),
+    [
+        ("SIGUSR1", 138, 8, "epoch 2, step 3"),  # the second epoch's second pass over the loader
+        ("SIGTERM", 143, 10, "epoch 2, step 5"),  # the last step of an epoch: the resume only validates it
+        ("SIGTERM", 143, 12, "epoch 3, step 2"),
+    ],
+)
+def test_a_preempted_run_saves_mid_epoch_and_resumes_bit_identically(setup, long_epochs, signame, code, step, where):
+    run = setup["base"] / f"preempted-{signame}-{step}"
+    argv = ["train", "-c", long_epochs, "--output", str(run)]
+    err = setup["base"] / f"{run.name}.err"
+    assert _launch(setup["ctx"], argv, fault=signame, at=step, stderr=err) == code
+    line = err.read_text().strip().splitlines()[-1]
+    assert line.startswith(f"medseg: preempted ({signame}): saved {run.resolve()}/checkpoints/last.pt at "), line
+    assert f"at {where};" in line and line.endswith(f"medseg train -c {long_epochs} --output {run.resolve()} --resume")
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    mid = saved.get("mid_epoch")
+    assert (mid["epoch"], mid["step"], len(mid["losses"])) == ((step - 1) // 5, (step - 1) % 5 + 1, (step - 1) % 5 + 1)
+    assert _launch(setup["ctx"], [*argv, "--resume"]) == 0
+    _assert_identical(run, setup["base"] / "long-reference")
+
+
+@pytest.mark.slow
+def test_sigusr1_before_the_first_checkpoint_stops_at_once_and_leaves_nothing(setup, long_epochs):
+    run = setup["base"] / "usr1-first-epoch"
+    err = setup["base"] / "usr1-first-epoch.err"
+    assert _launch(setup["ctx"], ["train", "-c", long_epochs, "--output", str(run)], "SIGUSR1", 2, stderr=err) == 138
+    assert err.read_text().strip().splitlines()[-1].startswith("medseg: terminated (SIGUSR1)")
+    assert not run.exists()
+
+
+def test_the_preemption_line_of_a_demo_points_at_the_runs_own_config(tmp_path):
+    import argparse
+
+    from pipeline.cli import _preempted_line
+    from pipeline.engines.preemption import Preempted
+
+    err = Preempted(10, str(tmp_path / "run" / "checkpoints" / "last.pt"), 4, 0)
+    line = _preempted_line(err, argparse.Namespace(command="demo"))
+    assert line == (
+        f"medseg: preempted (SIGUSR1): saved {tmp_path}/run/checkpoints/last.pt at the end of epoch 3; "
+        f"continue with: medseg train -c {tmp_path}/run/config.yaml --output {tmp_path}/run --resume"
+    )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from pipeline.engines import html_report
 from pipeline.errors import DataError, list_some
 from pipeline.io import (
     CaseFiles,
@@ -333,4 +334,7 @@ def evaluate_folder(
         pred, label, spacing, fov = load_case(files, table)
         evaluator.add(files.case, pred, label, spacing, fov)
     evaluator.write(output_dir, overwrite=overwrite)
+    cases = [{"case": f.case, "image": None, "label": f.label, "prediction": f.pred} for f in pairs]
+    html_report.write_case_index(output_dir, cases, table)
+    html_report.build_report(output_dir)
     return evaluator

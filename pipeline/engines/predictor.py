@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from pipeline.config import Config, load_config, resolve
 from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_chain
-from pipeline.engines import factory
+from pipeline.engines import factory, html_report
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
 from pipeline.engines.inputs import as_image, read_any
@@ -571,6 +571,7 @@ def evaluate_split(
     pred_dir = Path(output) / "predictions"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
+    pictured = []  # cases.json: the files of each case, for report.html
     for item in tqdm(items, desc=f"evaluating {split}", disable=None if progress else True):
         result = predictor(item)
         label, spacing, fov = _load_reference(config, item)
@@ -583,5 +584,12 @@ def evaluate_split(
             source = item[keys.IMAGE][0] if isinstance(item[keys.IMAGE], (list, tuple)) else item[keys.IMAGE]
             probs = result.probabilities if save_probabilities else None
             write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source), probs)
+            pictured.append({"case": item.get(keys.CASE), "image": source, "label": item[keys.LABEL],
+                             "prediction": pred_dir / output_name(source)})  # fmt: skip
     evaluator.write(output, overwrite=overwrite)
+    if pictured:
+        html_report.write_case_index(output, pictured, config["transforms"]["label_values"])
+    else:  # an index left by an earlier --save-predictions run would show other predictions
+        (Path(output) / html_report.CASES_JSON).unlink(missing_ok=True)
+    html_report.build_report(output)
     return evaluator

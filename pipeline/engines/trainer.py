@@ -17,6 +17,15 @@ loaders) and the resolved config, from which it reads its settings (``train``, `
 Reproducibility: every epoch reseeds torch, NumPy, Python, the loader's generator and the random
 transforms from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch *k* continues
 with exactly the random streams the uninterrupted run used for epoch *k + 1*.
+
+Preemption (:mod:`pipeline.engines.preemption`): once the run holds a checkpoint, a SIGTERM or
+SIGUSR1 is polled after every optimiser step; the trainer then writes ``last.pt`` with its place
+in the epoch (``mid_epoch``: the steps done and their losses) and the generators' states, and
+raises :class:`~pipeline.engines.preemption.Preempted`. The resumed run reseeds that epoch, draws
+(without training on them) the batches already trained on, so the loader and the random
+transforms stand where they stood, restores the saved generators and goes on: its weights are
+bit-identical to an uninterrupted run's (on one process; under DDP every rank restores rank 0's
+global generators, which only ops such as dropout read).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import Config
-from pipeline.engines import report
+from pipeline.engines import preemption, report
 from pipeline.engines.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.engines.inferer import WindowCache, autocast, autocast_dtype, needs_grad_scaler, predict, to_labels
 from pipeline.errors import MedsegError
@@ -173,6 +182,7 @@ class Trainer:
         self._windows = WindowCache()  # validation images repeat every epoch: their window plans too
         self._session_start = 0.0
         self._best_pending = False
+        self._mid_epoch: dict[str, Any] | None = None  # where a preempted run stopped in its epoch
         self._tb = self._tensorboard() if train["tensorboard"] and self.is_main else None
 
     @property
@@ -288,6 +298,8 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
         set_rng_state(ckpt["rng"])
+        mid = ckpt.get("mid_epoch")
+        self._mid_epoch = {**mid, "rng": ckpt["rng"]} if mid else None
 
     # ------------------------------------------------------------------ hooks
 
@@ -438,7 +450,9 @@ class Trainer:
             tqdm.write(self.epoch_line(record), file=sys.stdout)
             report.write_history(self.state.history, self.run_dir / "log.csv")
             if f"val_{self.val_metric}" in record:
-                report.plot_curves(self.state.history, self.run_dir / "curves.png", metric=self.val_metric)
+                report.plot_curves(
+                    self.state.history, self.run_dir / "curves.png", self.val_metric, self.config["loss"]["name"]
+                )
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
@@ -487,16 +501,31 @@ class Trainer:
         losses: list[torch.Tensor] = []
         done = 0
         first = epoch == self._first_epoch
+        skip, mid = 0, self._mid_epoch
+        if mid is not None and mid["epoch"] == epoch:  # resumed from a preempted run's checkpoint
+            skip, losses = mid["step"], list(mid["losses"].to(self.device).unbind())
+        self._mid_epoch = None
         while done < total:
             for batch in self.train_loader:
-                if first and done == 1:
+                if done < skip:  # already trained on: drawn only to advance the loader and transforms
+                    done += 1
+                    bar.update()
+                    if done == skip:
+                        set_rng_state(mid["rng"])  # type: ignore[index]
+                    if done >= total:
+                        break
+                    continue
+                if first and done == skip + 1:
                     timed_from = time.perf_counter()  # after the first step: compile, caches and allocator warm-up
                 losses.append(self.train_step(batch))
                 done += 1
                 bar.update()
-                if first and self.is_main and done == min(4, total) and done > 1:
+                if first and self.is_main and done == min(skip + 4, total) and done > skip + 1:
                     torch.stack(losses[-1:]).sum().item()  # wait for the device before reading the clock
-                    tqdm.write(self._estimate(done - 1, time.perf_counter() - timed_from), file=sys.stdout)
+                    tqdm.write(self._estimate(done - skip - 1, time.perf_counter() - timed_from), file=sys.stdout)
+                if self._preempt_requested(done):
+                    bar.close()
+                    self._stop_preempted(epoch, done, losses)
                 if self._out_of_time(done):
                     break  # the budget holds within one step, not one epoch (an epoch can take hours)
                 if done % 10 == 0 or done == total:
@@ -519,6 +548,24 @@ class Trainer:
         if not math.isfinite(value):
             raise MedsegError(f"training diverged at epoch {epoch + 1}: loss is {value}; lower optimizer.lr")
         return value
+
+    def _preempt_requested(self, steps: int) -> bool:
+        """Whether a signal asked the run to stop (:mod:`~pipeline.engines.preemption`), checked
+        after every step (under DDP every tenth, agreed by all ranks, so they stop at one step)."""
+        if self.world_size > 1 and steps % 10:
+            return False
+        return self._all_ranks_any(preemption.requested() is not None)
+
+    def _stop_preempted(self, epoch: int, step: int, losses: list[torch.Tensor]) -> None:
+        """Save ``last.pt`` at ``step`` of ``epoch`` (0-based) and raise ``Preempted``; ``step`` 0:
+        at the epoch's start, where the checkpoint of the epoch before already stands."""
+        self.state.elapsed = time.perf_counter() - self._session_start
+        path = self.checkpoint_dir / "last.pt"
+        if step and self.is_main:
+            state = self.checkpoint_state()
+            state["mid_epoch"] = {"epoch": epoch, "step": step, "losses": torch.stack(losses).cpu()}
+            save_checkpoint(state, path, keep_previous=True)
+        raise preemption.Preempted(preemption.requested() or 15, str(path.resolve()), epoch + 1, step)
 
     def _out_of_time(self, steps: int) -> bool:
         """Whether ``train.time_budget`` is spent, checked after every step (under DDP every tenth,
@@ -559,6 +606,8 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until ``epochs``, early stopping or the time budget; returns the final state."""
         self.on_train_start()
+        if self.state.epoch > 0 or self._mid_epoch is not None:
+            preemption.arm()  # a resumed run: a signal saves and stops it at the next step
         try:
             for epoch in range(self.state.epoch, self.epochs):
                 self.on_epoch_start(epoch)
@@ -576,13 +625,17 @@ class Trainer:
                         record[f"{column}_{c}"] = v
                     self._track_best(record[column], epoch)
                 self.on_epoch_end(epoch, record)
+                preemption.arm()  # last.pt exists from here on
                 if self.patience and self.state.bad_validations >= self.patience:
                     self.stop_reason = f"early stopping: no improvement in {self.patience} validations"
                     break
                 if over_budget:
                     self.stop_reason = f"time budget of {self.time_budget} min reached"
                     break
+                if epoch + 1 < self.epochs and self._preempt_requested(0):  # came during validation or a save
+                    self._stop_preempted(epoch + 1, 0, [])
         finally:
+            preemption.disarm()
             self.on_train_end()
         return self.state
 
