@@ -156,8 +156,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         r"files, e.g. '^(\d+)_' for DRIVE's 01_test.png / 01_manual1.gif / 01_test_mask.gif",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing per_case.csv / summary.json")
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="object instances (AP@0.5:0.95, AJI, PQ, count error); automatic for an instance run's --checkpoint",
+    )
 
     def run(args: argparse.Namespace) -> int:
+        if args.instances or (args.checkpoint and not (args.pred or args.label)):
+            from pipeline.engines.instances import run_instance_evaluation
+
+            evaluation = run_instance_evaluation(args, progress=sys.stderr.isatty())
+            if evaluation is not None:
+                print(evaluation.table())
+                print(f"wrote {args.output}/per_case.csv, {args.output}/summary.json and {args.output}/overlays/")
+                return 0
         if args.checkpoint:
             if args.pred or args.label:
                 p.error("give either --checkpoint (inference first) or --pred and --label, not both")

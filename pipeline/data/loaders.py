@@ -61,7 +61,16 @@ def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
         pos_neg_ratio=t["pos_neg_ratio"],
         augment=t["augment"],
         inputs=tuple(inputs),
+        instance=_instance_settings(config),
     )
+
+
+def _instance_settings(config: Config) -> dict[str, Any] | None:
+    """The instance target's settings of an instance task (``task``), else None."""
+    task = config.get("task") or {}
+    if task.get("kind") != "instance":
+        return None
+    return {"border_width": task["border_width"], "border": task["border"]}
 
 
 def build_chain(config: Config, mode: str, loss: torch.nn.Module | None = None) -> Chain:

@@ -35,6 +35,8 @@ from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import WindowCache, autocast_dtype, predict, to_labels
 from pipeline.errors import DataError, MedsegError, list_some
+from pipeline.instances.output import settings_from, write_instances
+from pipeline.instances.schema import is_instance
 from pipeline.io import (
     SUFFIXES,
     atomic_write,
@@ -151,6 +153,7 @@ class Predictor:
         self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
         self.chain = build_chain(self.config, "infer")
         self.label_values = self.config.label_values
+        self.postprocess = ckpt.get("postprocess")  # an instance run's thresholds, chosen on validation
         self.progress = progress
         self.windows = WindowCache()  # window plans of the last image sizes, for this predictor only
 
@@ -332,6 +335,15 @@ def run_inference(
         keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
         for path, target in tqdm(jobs, desc="cases", disable=None if progress else True):
             result = predictor(path)
+            if is_instance(predictor.config):  # one id per object and <stem>_objects.csv
+                task = predictor.config["task"]
+                if keep_probs:  # the probabilities file (its class map is replaced by the instance map below)
+                    written += write_prediction(result.labels, path, target, result.probabilities)[1:]
+                written += write_instances(
+                    result.probabilities, path, target, settings_from(task, predictor.postprocess),
+                    objects=task["outputs"]["objects_csv"], channels=predictor.config["transforms"]["channels"],
+                )[1]  # fmt: skip
+                continue
             written += write_prediction(
                 predictor.raw_values(result.labels), path, target, result.probabilities if keep_probs else None
             )
