@@ -235,7 +235,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="write a synthetic look-alike dataset in its real layout",
         description="Write N seeded synthetic cases: vessel2d (DRIVE layout), vessel3d and lung (MSD layout, "
-        "NIfTI in HU), cell (DSB2018 layout).",
+        "NIfTI in HU), cell (DSB2018 layout, one mask PNG per nucleus), cell3d (folders layout, NIfTI instance id "
+        "maps of dense touching nuclei).",
     )
     p.add_argument("--kind", required=True, choices=SYNTH_KINDS.names())
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --overwrite)")
@@ -244,6 +245,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_size_arg, default=None, help="N (2D, 3D cube) or X,Y,Z; default per kind")
     p.add_argument("--n-test", type=int, default=None, help="vessel2d: cases in test/ (default n // 4, at least 1)")
     p.add_argument("--no-nodules", action="store_true", help="lung: lung fields only")
+    p.add_argument("--dense", action="store_true", help="cell: dense clumps of touching / overlapping nuclei")
     p.add_argument("--overwrite", action="store_true", help="replace this kind's files in a non-empty folder")
 
     def run(args: argparse.Namespace) -> int:
@@ -253,6 +255,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         options = {"n_test": args.n_test} if args.n_test is not None else {}
         if args.no_nodules:
             options["nodules"] = False
+        if args.dense:
+            options["dense"] = True
         try:
             out = make_dataset(args.kind, args.out, args.n, args.seed, size=size, overwrite=args.overwrite, **options)
         except ValueError as err:
