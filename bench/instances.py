@@ -143,7 +143,7 @@ def _short(s: dict) -> str:
     return f"interior_threshold={s['interior_threshold']} min_size={s['min_size']} (val mean AP {s['score']:.3f})"
 
 
-def trained(n: int, size: int, minutes: float, seed: int, workdir: str | None) -> None:
+def trained(n: int, size: int, minutes: float, seed: int, workdir: str | None, reuse: bool = False) -> None:
     """Train an instance run on dense synthetic nuclei and compare the three methods on its test split."""
     import tempfile
     from pathlib import Path
@@ -160,7 +160,9 @@ def trained(n: int, size: int, minutes: float, seed: int, workdir: str | None) -
     from pipeline.io import read_image
 
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-instances-"))
-    data = make_dataset("cell", work / "data", n, seed, size=size, dense=True, overwrite=True)
+    data = work / "data"
+    if not (reuse and data.is_dir()):
+        make_dataset("cell", data, n, seed, size=size, dense=True, overwrite=True)
     config = work / "instances.yaml"
     config.write_text(
         "seed: 0\n"
@@ -173,12 +175,20 @@ def trained(n: int, size: int, minutes: float, seed: int, workdir: str | None) -
         f"num_workers: 0, tensorboard: false, output: {work / 'run'}}}\n"
         "optimizer: {name: adamw, lr: 0.003, weight_decay: 0.0001}\n"
     )
-    summary = run_training(config, overwrite=True, progress=False)
-    ckpt_path = Path(summary["run_dir"]) / "checkpoints" / "best.pt"
+    ckpt_path = work / "run" / "checkpoints" / "best.pt"
+    if reuse and ckpt_path.exists():  # the run of an earlier call with this --workdir
+        import csv
+
+        with open(work / "run" / "log.csv") as fh:
+            log = list(csv.DictReader(fh))
+        summary = {"epochs": len(log), "minutes": float(log[-1]["time_min"])}
+    else:
+        summary = run_training(config, overwrite=True, progress=False)
     cfg = load_config(config)
     splits = load_datalist(cfg["data"])
     predictor = Predictor(ckpt_path, device="cpu")
-    settings = settings_from(predictor.config["task"], load_checkpoint(ckpt_path)["postprocess"])
+    chosen = load_checkpoint(ckpt_path)["postprocess"]
+    settings = settings_from(predictor.config["task"], chosen)
 
     def field(item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         image = np.asarray(read_image(item["image"]), np.float32)[0]
@@ -203,7 +213,7 @@ def trained(n: int, size: int, minutes: float, seed: int, workdir: str | None) -
     print(
         f"\ntrained: unet {summary['epochs']} epochs in {summary['minutes']:.1f} min on 1 CPU thread "
         f"(shared machine), {len(splits['train'])} train / {len(val)} val / {len(test)} test images {size}², "
-        f"~{int(np.mean([t.max() for t in truths]))} nuclei each; ours: {_short(settings)}, classical "
+        f"~{int(np.mean([t.max() for t in truths]))} nuclei each; ours: {_short(chosen)}, classical "
         f"sigma={best[0]} min_distance={best[1]}"
     )
     _table(methods, truths, len(test), pixels)
@@ -237,11 +247,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="trained: image size")
     parser.add_argument("--minutes", type=float, default=4.0, help="trained: training time budget")
     parser.add_argument("--workdir", help="trained: folder for the data and the run (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="trained: reuse the data and run in --workdir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.simulated:
-        trained(args.n, args.size, args.minutes, args.seed, args.workdir)
+        trained(args.n, args.size, args.minutes, args.seed, args.workdir, args.reuse)
         return
     run((256, 256), args.n_val, args.n_test, args.noise, args.seed)
     run((64, 64, 48), args.n_val, max(2, args.n_test // 2), args.noise, args.seed)

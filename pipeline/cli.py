@@ -87,6 +87,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--network", choices=("unet", "resunet", "denseunet"), default="unet")
     p.add_argument("--output", "-o", required=True, help="the config to write (plan.yaml)")
+    p.add_argument(
+        "--task",
+        choices=("semantic", "instance", "auto"),
+        default="semantic",
+        help="instance: objects with their own ids (3-class target, instance metrics); auto: instance when the "
+        "dataset has instance masks whose objects touch (default: semantic)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pipeline.data.fingerprint import fingerprint_summary
@@ -103,6 +110,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
             device=args.device,
             memory_gb=args.memory_gb,
             network=args.network,
+            task=args.task,
         )
         print(fingerprint_summary(fp))
         print(f"plan: {args.output} (predicted run {plan['_meta']['predicted_minutes']:.1f} min)")
