@@ -204,3 +204,24 @@ def test_cell_demo_shows_objects_with_their_count(tmp_path):
     assert "nuclei found" in report and "Outlines: truth | prediction" in report
     assert list((out / "overlays").glob("*.png")) and list((out / "test" / "overlays").glob("*.png"))
     assert list((out / "infer").glob("*_objects.csv"))
+
+
+def test_plan_task_makes_an_instance_plan_for_touching_instance_masks():
+    from pipeline.engines.planner import plan_task, plan_values
+
+    def plan() -> dict:
+        return {"network": {"out_channels": 2}}
+
+    touching, sparse, semantic = {"touching_fraction_median": 0.14}, {"touching_fraction_median": 0.0}, {}
+    auto = plan()
+    plan_task(auto, touching, "auto")
+    assert plan_values(auto)["task"]["kind"] == "instance" and plan_values(auto)["network"]["out_channels"] == 3
+    for fp, task in ((sparse, "auto"), (semantic, "auto"), (touching, "semantic")):
+        kept = plan()
+        plan_task(kept, fp, task)
+        assert kept == plan()
+    forced = plan()
+    plan_task(forced, semantic, "instance")  # labels read as id maps
+    assert plan_values(forced)["task"]["kind"] == "instance"
+    with pytest.raises(ValueError, match="task must be"):
+        plan_task(plan(), touching, "panoptic")

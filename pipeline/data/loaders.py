@@ -231,6 +231,8 @@ def cache_digest(config: Config) -> str:
     keyed by this digest, so a shared ``cache_dir`` never serves arrays of other settings.
     """
     shaping = {k: config.to_dict()[k] for k in ("transforms", "network")}
+    if config.get("task", {}).get("kind") == "instance":  # the instance targets are part of the chain
+        shaping["task"] = {k: config["task"][k] for k in ("kind", "target", "border_width", "border")}
     return hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
