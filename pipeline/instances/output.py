@@ -31,7 +31,7 @@ from pipeline.instances.measure import columns, objects_table
 from pipeline.instances.postprocess import PARAMETERS, postprocess
 from pipeline.io import atomic_write_text, file_kind, read_image, split_suffix, write_instance_map
 
-__all__ = ["settings_from", "write_instances", "objects_csv_path", "csv_text"]
+__all__ = ["settings_from", "instance_spec", "write_instances", "objects_csv_path", "csv_text"]
 
 
 def settings_from(task: Mapping[str, Any], chosen: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -49,6 +49,20 @@ def settings_from(task: Mapping[str, Any], chosen: Mapping[str, Any] | None) -> 
     if chosen:
         base.update({k: chosen[k] for k in PARAMETERS if k in chosen})
     return base
+
+
+def instance_spec(task: Mapping[str, Any], chosen: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The instance step of an exported model's processing spec (``medseg export``)."""
+    return {
+        "settings": settings_from(task, chosen),
+        "chosen_on_validation": bool(chosen),
+        "how": "channels background / interior / border; foreground = 1 - p(background) > foreground_threshold, "
+        "holes up to max_hole_size filled; seeds = connected regions of p(interior) > interior_threshold "
+        "(markers interior) or distance-transform peaks min_distance apart (markers distance); watershed of "
+        "-p(interior) (or -distance) from the seeds within the foreground; unreached foreground regions become "
+        "objects; objects under min_size pixels dropped; ids 1..N (pipeline.instances.postprocess.postprocess)",
+        "output": "uint16 id map (uint32 TIFF / NIfTI past 65,535 objects), 0 = background",
+    }
 
 
 def objects_csv_path(target: str | os.PathLike) -> Path:
