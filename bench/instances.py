@@ -179,11 +179,12 @@ def trained(dims: int, n: int, size: int, minutes: float, seed: int, workdir: st
         layout = f"data: {{format: folders, root: {data}, val_fraction: 0.15, test_fraction: 0.2}}\n"
         layout += "transforms: {patch_size: [32, 32, 16], num_samples: 2, intensity: {mode: zscore}}\n"
         network, batch = "spatial_dims: 3, in_channels: 1, out_channels: 3, channels: [8, 16, 32, 64]", 2
+    sizes = [0, small // 4, small // 2, small, 2 * small, 4 * small]
     config = work / "instances.yaml"
     work.mkdir(parents=True, exist_ok=True)
     config.write_text(
         "seed: 0\n"
-        f"task: {{kind: instance, postprocess: {{min_sizes: [0, {small // 4}, {small // 2}, {small}, {2 * small}]}}}}\n"
+        f"task: {{kind: instance, postprocess: {{min_sizes: {sizes}}}}}\n"
         f"network: {{name: unet, {network}}}\n"
         "loss: {name: dice_ce, to_onehot_y: true, softmax: true}\n"
         f"{layout}"

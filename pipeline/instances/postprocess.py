@@ -188,7 +188,7 @@ def postprocess(probs: Any, settings: Mapping[str, Any]) -> np.ndarray:
 def select_thresholds(
     pairs: Iterable[tuple[Any, Any]],
     *,
-    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     min_sizes: Sequence[int] = (0, 8, 16, 32, 64, 128),
     markers: str = "interior",
     foreground_threshold: float = 0.5,

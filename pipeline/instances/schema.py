@@ -40,7 +40,7 @@ def task_schema() -> Section:
             "markers": Field(str, "interior", choices=MARKERS, help="seeds: interior class regions or distance peaks"),
             "interior_thresholds": Field(
                 list,
-                [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
                 item=float,
                 minimum=0.0,
                 maximum=1.0,
