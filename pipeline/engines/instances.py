@@ -124,10 +124,19 @@ def tune_postprocess(config: Config, run_dir: str | os.PathLike, *, progress: bo
         state["postprocess"] = {k: v for k, v in chosen.items() if k != "grid"}
         state.pop("format", None)
         save_checkpoint(state, path, keep_previous=False)
+    edges = [
+        f"task.postprocess.{key}"
+        for key, value, grid in (
+            ("interior_thresholds", chosen["interior_threshold"], pp["interior_thresholds"]),
+            ("min_sizes", chosen["min_size"], pp["min_sizes"]),
+        )
+        if len(grid) > 1 and value == max(grid) and (key != "interior_thresholds" or pp["markers"] == "interior")
+    ]
+    note = f"; the best is the largest value of {' and '.join(edges)}: larger ones may score higher" if edges else ""
     print(
         f"post-processing chosen on {len(pairs)} {split} case(s) in {time.perf_counter() - start:.1f} s: "
         f"interior_threshold {chosen['interior_threshold']}, min_size {chosen['min_size']} "
-        f"({pp['metric']} {chosen['score']:.4f}); saved in {run_dir / POSTPROCESS_JSON} and the checkpoints",
+        f"({pp['metric']} {chosen['score']:.4f}); saved in {run_dir / POSTPROCESS_JSON} and the checkpoints{note}",
         file=sys.stdout,
         flush=True,
     )
