@@ -35,6 +35,10 @@ LOSSES = {
     "dice_ce+boundary": [],  # the demo configs' compound loss
 }
 
+# the cell demo is an instance task (background / interior / border); this benchmark compares
+# losses on the semantic nucleus mask, as the figures in the README were measured
+SEMANTIC = {"cell": ["task.kind=semantic", "network.out_channels=2"]}
+
 
 def _fmt(values: list[float], digits: int = 3) -> str:
     if not values:
@@ -63,7 +67,8 @@ def main() -> None:
                 for seed in args.seeds:
                     run = out / f"{task}-{network}-{loss}-s{seed}"
                     overrides = [f"data.root={data}", f"train.output={run}", f"seed={seed}",
-                                 f"network.name={network}", f"train.threads={args.threads}", *LOSSES[loss]]  # fmt: skip
+                                 f"network.name={network}", f"train.threads={args.threads}", *LOSSES[loss],
+                                 *SEMANTIC.get(task, [])]  # fmt: skip
                     t0 = time.perf_counter()
                     summary = run_training(config, overrides, overwrite=True, progress=False)
                     minutes = (time.perf_counter() - t0) / 60

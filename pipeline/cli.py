@@ -89,6 +89,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--network", choices=("unet", "resunet", "denseunet"), default="unet")
     p.add_argument("--output", "-o", required=True, help="the config to write (plan.yaml)")
+    p.add_argument(
+        "--task",
+        choices=("semantic", "instance", "auto"),
+        default="semantic",
+        help="instance: objects with their own ids (3-class target, instance metrics); auto: instance when the "
+        "dataset has instance masks whose objects touch (default: semantic)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pipeline.data.fingerprint import fingerprint_summary
@@ -105,6 +112,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
             device=args.device,
             memory_gb=args.memory_gb,
             network=args.network,
+            task=args.task,
         )
         print(fingerprint_summary(fp))
         print(f"plan: {args.output} (predicted run {plan['_meta']['predicted_minutes']:.1f} min)")
@@ -165,8 +173,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         r"files, e.g. '^(\d+)_' for DRIVE's 01_test.png / 01_manual1.gif / 01_test_mask.gif",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing per_case.csv / summary.json")
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="object instances (AP@0.5:0.95, AJI, PQ, count error); automatic for an instance run's --checkpoint",
+    )
 
     def run(args: argparse.Namespace) -> int:
+        if args.instances or (args.checkpoint and not (args.pred or args.label)):
+            from pipeline.engines.instances import run_instance_evaluation
+
+            evaluation = run_instance_evaluation(args, progress=sys.stderr.isatty())
+            if evaluation is not None:
+                print(evaluation.table())
+                print(f"wrote {args.output}/per_case.csv, {args.output}/summary.json and {args.output}/overlays/")
+                return 0
         if args.checkpoint or args.plan:
             if args.pred or args.label:
                 p.error("give either --checkpoint (inference first) or --pred and --label, not both")
@@ -234,7 +255,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="write a synthetic look-alike dataset in its real layout",
         description="Write N seeded synthetic cases: vessel2d (DRIVE layout), vessel3d and lung (MSD layout, "
-        "NIfTI in HU), cell (DSB2018 layout).",
+        "NIfTI in HU), cell (DSB2018 layout, one mask PNG per nucleus), cell3d (folders layout, NIfTI instance id "
+        "maps of dense touching nuclei).",
     )
     p.add_argument("--kind", required=True, choices=SYNTH_KINDS.names())
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --overwrite)")
@@ -243,6 +265,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_size_arg, default=None, help="N (2D, 3D cube) or X,Y,Z; default per kind")
     p.add_argument("--n-test", type=int, default=None, help="vessel2d: cases in test/ (default n // 4, at least 1)")
     p.add_argument("--no-nodules", action="store_true", help="lung: lung fields only")
+    p.add_argument("--dense", action="store_true", help="cell: dense clumps of touching / overlapping nuclei")
     p.add_argument("--overwrite", action="store_true", help="replace this kind's files in a non-empty folder")
 
     def run(args: argparse.Namespace) -> int:
@@ -252,6 +275,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         options = {"n_test": args.n_test} if args.n_test is not None else {}
         if args.no_nodules:
             options["nodules"] = False
+        if args.dense:
+            options["dense"] = True
         try:
             out = make_dataset(args.kind, args.out, args.n, args.seed, size=size, overwrite=args.overwrite, **options)
         except ValueError as err:

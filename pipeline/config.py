@@ -37,6 +37,7 @@ import yaml
 
 import pipeline.sections as sections
 from pipeline.errors import ConfigError
+from pipeline.instances.schema import check_task
 from pipeline.io import atomic_write_text
 from pipeline.registry import Registry
 from pipeline.schema import Component, Section
@@ -409,6 +410,7 @@ def _derive(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"needs low <= high, got {[lo, hi]}", key=f"transforms.augment.{name}.range")
     if dims == 2 and t["spacing"] is not None:
         raise ConfigError("is for 3D data; remove it for spatial_dims=2", key="transforms.spacing")
+    check_task(cfg)
     # absolute, so a run's saved config finds its data from any folder (--set data.root=... moves it)
     for section, key in (("data", "root"), ("train", "cache_dir")):
         if cfg[section][key]:

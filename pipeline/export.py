@@ -49,6 +49,8 @@ from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import flip_sets
 from pipeline.errors import MedsegError
+from pipeline.instances.output import instance_spec
+from pipeline.instances.schema import is_instance
 
 __all__ = [
     "FORMATS",
@@ -481,17 +483,22 @@ def export_checkpoint(
             "epoch": (ckpt.get("train_state") or {}).get("epoch"),
             "torch": torch.__version__,
         }
+        instances = instance_spec(config["task"], ckpt.get("postprocess")) if is_instance(config) else None
         if fmt == "bundle":
             tta = bool(config["infer"]["tta"])
             (tmp / "models").mkdir()
             diff = export_network(network, "torchscript", tmp / "models" / "model.ts", tta=tta, check=check)
             spec = processing_spec(config, "models/model.ts", tta_in_model=tta)
             spec["source"] = {**source, "check_max_abs_diff": diff}
+            if instances:
+                spec["postprocessing"]["instances"] = instances
             write_bundle(network, config, spec, tmp)
         else:
             diff = export_network(network, fmt, tmp / MODEL_FILES[fmt], check=check)
             spec = processing_spec(config, MODEL_FILES[fmt])
             spec["source"] = {**source, "check_max_abs_diff": diff}
+            if instances:
+                spec["postprocessing"]["instances"] = instances
             _write_json(tmp / "preprocessing.json", spec)
         _publish(tmp, output)
     finally:

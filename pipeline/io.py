@@ -104,6 +104,7 @@ __all__ = [
     "write_image",
     "write_label",
     "write_dicom_seg",
+    "write_instance_map",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -962,4 +963,52 @@ def write_dicom_seg(
     path = Path(path)
     with atomic_write(path) as fh:
         write_seg(fh, np.asarray(labels), source, [int(v) for v in label_values])
+    return path
+
+
+def write_instance_map(path: str | os.PathLike, ids: np.ndarray, *, like: str | os.PathLike | None = None) -> Path:
+    """Write an instance label map (0 = background, one id per object) atomically; returns the path written.
+
+    The data type is uint16 while the largest id fits (65,535), uint32 beyond. NIfTI: uint16 /
+    uint32 with ``like``'s header and affine. 2D: uint16 PNG / TIFF; past 65,535 objects a PNG
+    cannot hold the ids, so the map is written as a uint32 TIFF next to it (``<stem>.tif``,
+    through ``tifffile``, a dependency of scikit-image) and that path is returned.
+
+    Args:
+        path: output file (NIfTI, PNG or TIFF).
+        ids: ``X Y [Z]`` (NIfTI) or ``W H`` (2D) non-negative integer ids, this module's axis order.
+        like: NIfTI only, the file whose geometry the map copies.
+
+    Raises:
+        ValueError: an unsupported suffix, negative ids, ids beyond uint32, or a 3D array for 2D.
+
+    Example:
+        >>> import tempfile
+        >>> ids = np.zeros((3, 2), np.int64); ids[0, 0] = 70_000
+        >>> out = write_instance_map(f"{tempfile.mkdtemp()}/a.png", ids)
+        >>> out.suffix, int(read_label(out).array.max())
+        ('.tif', 70000)
+    """
+    path = Path(path)
+    array = np.asarray(ids)
+    suffix = split_suffix(path.name)[1].lower()
+    if file_kind(path) is None or suffix not in (*NIFTI_SUFFIXES, ".png", ".tif", ".tiff"):
+        raise ValueError(f"instance maps are written as NIfTI, PNG or TIFF, got {path.name!r}")
+    if array.size and array.min() < 0:
+        raise ValueError(f"instance ids must be >= 0, got min {array.min()}")
+    high = int(array.max()) if array.size else 0
+    if high > np.iinfo(np.uint32).max:
+        raise ValueError(f"{high} objects do not fit a uint32 instance map")
+    dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
+    if file_kind(path) == "nifti":
+        return write_image(path, array.astype(dtype), like=like)
+    if array.ndim != 2:
+        raise ValueError(f"{suffix} instance maps must be 2D (W H), got shape {array.shape}")
+    if dtype == np.uint16:
+        return write_image(path, array.astype(np.uint16))
+    import tifffile
+
+    path = path.with_name(split_suffix(path.name)[0] + ".tif") if suffix == ".png" else path
+    with atomic_write(path) as fh:
+        tifffile.imwrite(fh, np.ascontiguousarray(np.swapaxes(array, 0, 1).astype(np.uint32)), compression="zlib")
     return path

@@ -16,6 +16,7 @@ import pipeline.engines.optim  # noqa: F401  (registers the optimisers and sched
 import pipeline.losses  # noqa: F401  (registers the losses)
 import pipeline.networks  # noqa: F401  (registers the networks)
 from pipeline.data.schema import data_schema, transforms_schema
+from pipeline.instances.schema import task_schema
 from pipeline.metrics import METRICS
 from pipeline.registry import LOSSES, NETWORKS, OPTIMIZERS, SCHEDULERS, Registry
 from pipeline.schema import Component, Field, Section
@@ -100,6 +101,7 @@ def root_schema() -> Section:
             "infer": _infer(),
             "data": data_schema(),
             "transforms": transforms_schema(),
+            "task": task_schema(),
         }
     )
 

@@ -23,6 +23,7 @@ LAYOUT = {
     "demo_lung": ("lung", {}),
     "cell_dsb": ("cell", {}),
     "demo_cell": ("cell", {}),
+    "cell_dsb_instances": ("cell", {}),
 }
 
 

@@ -135,7 +135,9 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
     make_dataset("cell", tmp_path, n=1, size=64, overwrite=True)
     assert len(list((tmp_path / "stage1_train").iterdir())) == 1  # the old cases are gone
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-    with pytest.raises(ValueError, match=r"unknown synthetic kind 'xray'\. Options: cell, lung, vessel2d, vessel3d"):
+    with pytest.raises(
+        ValueError, match=r"unknown synthetic kind 'xray'\. Options: cell, cell3d, lung, vessel2d, vessel3d"
+    ):
         make_dataset("xray", tmp_path / "x", n=1)
     with pytest.raises(ValueError, match=r"kind 'cell' takes no option\(s\) 'n_test'"):
         make_dataset("cell", tmp_path / "z", n=1, n_test=2)

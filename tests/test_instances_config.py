@@ -1,4 +1,4 @@
-"""The draft instance config: valid today without its `task` section, and `task` names real parameters."""
+"""The instance config: its `task` section is the schema's, and its settings are the library's parameters."""
 
 from __future__ import annotations
 
@@ -12,17 +12,15 @@ from pipeline.instances.postprocess import select_thresholds
 from pipeline.instances.targets import instance_classes
 from transforms.instances import InstanceTargetsd
 
-DRAFT = Path(__file__).resolve().parents[1] / "configs" / "drafts" / "cell_dsb_instances.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cell_dsb_instances.yaml"
 
 
-def test_draft_without_task_loads_and_task_settings_apply(tmp_path):
-    raw = yaml.safe_load(DRAFT.read_text())
-    task = raw.pop("task")
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(path)
-    assert cfg["network"]["out_channels"] == 3  # background, interior, border
-    InstanceTargetsd(task["instance_key"], border_width=task["border_width"], border=task["border"])
+def test_instance_config_loads_and_its_task_settings_apply():
+    cfg = load_config(CONFIG)
+    task = cfg["task"]
+    assert task["kind"] == "instance" and cfg["network"]["out_channels"] == 3  # background, interior, border
+    assert set(yaml.safe_load(CONFIG.read_text())["task"]) <= set(task)  # every key the file sets is in the schema
+    InstanceTargetsd("instance", border_width=task["border_width"], border=task["border"])
     ids = np.zeros((16, 16), int)
     ids[2:8, 2:14], ids[8:14, 2:14] = 1, 2
     probs = np.stack([instance_classes(ids) == k for k in range(3)]).astype(np.float32)
@@ -34,6 +32,7 @@ def test_draft_without_task_loads_and_task_settings_apply(tmp_path):
         markers=pp["markers"],
         max_hole_size=pp["max_hole_size"],
         foreground_threshold=pp["foreground_threshold"],
+        metric=pp["metric"],
     )
     assert s["score"] == 1.0
 
@@ -51,7 +50,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_layering_of_the_instance_modules():
-    root = DRAFT.parents[2]
+    root = CONFIG.parents[1]
     # transforms import nothing from pipeline but errors and the registry (DESIGN.md, layers)
     allowed = {"pipeline.errors", "pipeline.registry"}
     assert {n for n in _imports(root / "transforms" / "instances.py") if n.startswith("pipeline")} <= allowed

@@ -8,11 +8,14 @@ One chain per mode, for 2D and 3D::
     -> [train] CropForegroundd (transforms.crop_foreground)
     -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
+       (instance task: InstanceLabeld instead: ids in ``instance``, the foreground in ``label``)
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
     -> [train] the extra batch inputs a loss declares (``settings.inputs``, e.g. ``dist``:
        SignedDistanceMapd on the augmented crop), each built by its BATCH_INPUTS entry
+    -> [instance task; train, val] InstanceTargetsd: ``label`` = background / interior / border
+       of the (augmented) id map
     -> EnsureTyped (float32)
 
 Everything before the first random transform is deterministic, so a MONAI ``CacheDataset``
@@ -72,6 +75,7 @@ from monai.transforms import (
 from pipeline.errors import DataError
 from pipeline.registry import BATCH_INPUTS
 from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, SelectChannelsd
+from transforms.instances import InstanceLabeld, InstanceTargetsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
 
 __all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES"]
@@ -144,6 +148,8 @@ class ChainSettings:
         inputs: extra batch inputs to compute after label mapping (names registered in
             :data:`pipeline.registry.BATCH_INPUTS`, e.g. ``("dist",)``), as a loss declares them
             in its ``extra_inputs``.
+        instance: for an instance task, ``{border_width, border}`` of the 3-class target
+            (:class:`transforms.instances.InstanceTargetsd`); ``None`` for a semantic task.
     """
 
     spatial_dims: int
@@ -160,6 +166,7 @@ class ChainSettings:
     pos_neg_ratio: float
     augment: Mapping[str, Any]
     inputs: tuple[str, ...] = ()
+    instance: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -312,7 +319,9 @@ def build_transforms(
             )
         )
     chain += _intensity(s)
-    if mode != "infer":
+    if mode != "infer" and s.instance is not None:
+        chain.append(InstanceLabeld(LABEL, INSTANCE))  # ids in `instance`, the foreground in `label`
+    elif mode != "infer":
         chain.append(MapLabelsd(LABEL, s.label_values, s.num_classes))
         chain.append(AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True))  # a mask: inside where non-zero
     if mode == "train":
@@ -339,6 +348,10 @@ def build_transforms(
         # extra inputs last: computed on the augmented patch (exact, and cheaper than carrying
         # cached maps through rotation and zoom; see transforms.dictionary.SignedDistanceMapd)
         chain += inputs
+    if mode != "infer" and s.instance is not None:
+        # the 3-class target of the (augmented) id map, in `label`: the losses apply unchanged
+        width, border = s.instance["border_width"], s.instance["border"]
+        chain.append(InstanceTargetsd(INSTANCE, LABEL, None, border_width=width, border=border))
     typed = [*loaded, *s.inputs] if mode != "infer" else [IMAGE]
     chain.append(EnsureTyped(typed, dtype=torch.float32, allow_missing_keys=True))
     return Chain(chain)

@@ -34,7 +34,15 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-__all__ = ["BACKGROUND", "INTERIOR", "BORDER", "boundary_distance", "instance_classes", "InstanceTargetsd"]
+__all__ = [
+    "BACKGROUND",
+    "INTERIOR",
+    "BORDER",
+    "boundary_distance",
+    "instance_classes",
+    "InstanceTargetsd",
+    "InstanceLabeld",
+]
 
 BACKGROUND, INTERIOR, BORDER = 0, 1, 2
 """Class indices of the 3-class encoding."""
@@ -198,4 +206,36 @@ class InstanceTargetsd(MapTransform):
             if self.distance_key is not None:
                 dist = boundary_distance(ids, self.spacing, normalise=True)
                 d[self.distance_key] = convert_to_dst_type(dist[None], img, dtype=torch.float32)[0]
+        return d
+
+
+class InstanceLabeld(MapTransform):
+    """Prepare an instance task's keys: the id map in ``instance_key``, the foreground in ``label_key``.
+
+    The id map comes from ``instance_key`` when the item has it (DSB2018's per-nucleus masks,
+    loaded as ids), else from ``label_key`` read as an id map (a TIFF / PNG16 / NIfTI of object
+    ids). ``label_key`` then becomes the binary foreground, so foreground-centred random crops
+    work as for a semantic task; :class:`InstanceTargetsd` overwrites it with the 3-class map
+    after the spatial augmentation.
+
+    Example:
+        >>> ids = torch.zeros(1, 4, 4); ids[0, :2, :2] = 7
+        >>> out = InstanceLabeld()({"label": ids})
+        >>> int(out["instance"].max()), int(out["label"].max())
+        (7, 1)
+    """
+
+    def __init__(self, label_key: str = "label", instance_key: str = "instance") -> None:
+        super().__init__([label_key])
+        self.label_key, self.instance_key = label_key, instance_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.instance_key not in d:
+            if self.label_key not in d:
+                return d
+            d[self.instance_key] = d[self.label_key]
+        ids = d[self.instance_key]
+        fg = (ids > 0).to(torch.float32) if isinstance(ids, torch.Tensor) else (np.asarray(ids) > 0).astype(np.float32)
+        d[self.label_key] = fg
         return d

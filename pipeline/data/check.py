@@ -22,6 +22,7 @@ from pipeline.errors import DataError
 from pipeline.io import read_image
 from transforms.chains import Chain, find_data_error
 from transforms.dictionary import LoadCased, MapLabelsd, SelectChannelsd
+from transforms.instances import InstanceLabeld
 from transforms.keys import CASE, FOV, IMAGE, INSTANCE, LABEL
 
 __all__ = ["check_dataset", "run_check_data"]
@@ -40,10 +41,11 @@ def _check_chain(config: Config) -> Chain:
     ]
     if s.channels is not None:
         steps.append(SelectChannelsd(IMAGE, s.channels))
-    steps += [
-        MapLabelsd(LABEL, s.label_values, s.num_classes),
-        AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True),  # a mask: inside where non-zero
-    ]
+    # an instance task's labels are id maps (any values): the training chain's own target step
+    labels = (
+        InstanceLabeld(LABEL, INSTANCE) if s.instance is not None else MapLabelsd(LABEL, s.label_values, s.num_classes)
+    )
+    steps += [labels, AsDiscreted(FOV, threshold=0.5, allow_missing_keys=True)]  # FOV: inside where non-zero
     return Chain(steps)
 
 

@@ -110,6 +110,9 @@ def resolve_label_values(config: Config, problems: list[str] | None = None) -> l
     """
     if config.label_values is not None:
         return [float(v) for v in config.label_values]
+    if (config.get("task") or {}).get("kind") == "instance":
+        # labels are made from instance ids by the chain's InstanceTargetsd: class indices
+        return [float(c) for c in range(config.num_classes)]
     num_classes = config.num_classes
     data = config["data"]
     dataset = read_dataset(data)

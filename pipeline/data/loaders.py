@@ -61,7 +61,16 @@ def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
         pos_neg_ratio=t["pos_neg_ratio"],
         augment=t["augment"],
         inputs=tuple(inputs),
+        instance=_instance_settings(config),
     )
+
+
+def _instance_settings(config: Config) -> dict[str, Any] | None:
+    """The instance target's settings of an instance task (``task``), else None."""
+    task = config.get("task") or {}
+    if task.get("kind") != "instance":
+        return None
+    return {"border_width": task["border_width"], "border": task["border"]}
 
 
 def build_chain(
@@ -226,6 +235,8 @@ def cache_digest(config: Config) -> str:
     keyed by this digest, so a shared ``cache_dir`` never serves arrays of other settings.
     """
     shaping = {k: config.to_dict()[k] for k in ("transforms", "network")}
+    if config.get("task", {}).get("kind") == "instance":  # the instance targets are part of the chain
+        shaping["task"] = {k: config["task"][k] for k in ("kind", "target", "border_width", "border")}
     return hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

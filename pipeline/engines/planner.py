@@ -674,6 +674,28 @@ def plan_values(plan: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+TASKS = ("semantic", "instance", "auto")
+
+
+def plan_task(plan: dict[str, Any], fp: Mapping[str, Any], task: str) -> None:
+    """Make ``plan`` an instance task (``task.kind: instance``, 3 output classes: background,
+    interior, border) for ``task="instance"``, or for ``"auto"`` when the dataset has instance
+    masks whose objects touch (``touching_fraction_median`` >= 2 %); ``"semantic"`` keeps it."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    touching = fp.get("touching_fraction_median")
+    if task == "semantic" or (task == "auto" and (touching is None or touching < 0.02)):
+        return
+    why = "--task instance" if task == "instance" else f"instance masks, {touching:.1%} of object boundary touching"
+    if touching is None:
+        why += " (the dataset's labels are read as instance id maps)"
+    plan["task"] = {
+        "kind": _r("instance", why),
+        "target": _r("classes", "background / interior / border; thresholds chosen on validation after training"),
+    }
+    plan["network"]["out_channels"] = _r(3, "background, interior, border")
+
+
 def write_plan(
     root: str | os.PathLike,
     output: str | os.PathLike,
@@ -685,9 +707,10 @@ def write_plan(
     network: str = "unet",
     progress: bool = True,
     measure: Callable[..., Measurement] | None = None,
+    task: str = "semantic",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fingerprint ``root`` (cached as ``fingerprint.json`` beside ``output``), plan, and write
-    the commented YAML to ``output`` (atomically).
+    the commented YAML to ``output`` (atomically). ``task``: see :func:`plan_task`.
 
     Returns:
         ``(fingerprint, plan)``.
@@ -711,6 +734,7 @@ def write_plan(
     plan = plan_config(
         fp, budget_minutes=budget_minutes, device=device, memory_gb=memory_gb, network=network, measure=measure
     )
+    plan_task(plan, fp, task)
     header = [
         f"medseg plan {root}: {budget_minutes:g} min on {device}, network {network}",
         f"predicted run {plan['_meta']['predicted_minutes']:.1f} min; every value says why it was chosen",

@@ -41,6 +41,8 @@ from pipeline.engines.inputs import as_image, read_any
 from pipeline.engines.members import checkpoint_paths, inference_shard, member_configs, resolve_postprocessing
 from pipeline.engines.postprocessing import apply_postprocessing
 from pipeline.errors import DataError, MedsegError, list_some
+from pipeline.instances.output import settings_from, write_instances
+from pipeline.instances.schema import is_instance
 from pipeline.io import (
     SUFFIXES,
     VOLUME_KINDS,
@@ -195,6 +197,7 @@ class Predictor:
         self.amp_dtype = autocast_dtype(infer["amp"], self.device, inference=True)
         self.chain = build_chain(self.config, "infer", reader=read_any)  # files and in-memory images
         self.label_values = self.config.label_values
+        self.postprocess = ckpt.get("postprocess")  # an instance run's thresholds, chosen on validation
         self.progress = progress
         self.windows = WindowCache()  # window plans of the last image sizes, for this predictor only
         self.checkpoint = Path(checkpoint)
@@ -477,6 +480,15 @@ def run_inference(
         where = f" (part {part + 1} of {parts})" if parts > 1 else ""
         for path, target in tqdm(jobs, desc=f"cases{where}", disable=None if progress else True):
             result = predictor(path)
+            if is_instance(predictor.config):  # one id per object and <stem>_objects.csv
+                task = predictor.config["task"]
+                if keep_probs:  # the probabilities file (its class map is replaced by the instance map below)
+                    written += write_prediction(result.labels, path, target, result.probabilities)[1:]
+                written += write_instances(
+                    result.probabilities, path, target, settings_from(task, predictor.postprocess),
+                    objects=task["outputs"]["objects_csv"], channels=predictor.config["transforms"]["channels"],
+                )[1]  # fmt: skip
+                continue
             written += write_prediction(
                 predictor.raw_values(result.labels),
                 path,

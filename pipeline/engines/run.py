@@ -32,9 +32,11 @@ from pipeline.data.labels import fill_label_values
 from pipeline.data.loaders import build_loaders
 from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint, previous_path
+from pipeline.engines.instances import tune_postprocess
 from pipeline.engines.runlock import RunLock
 from pipeline.engines.trainer import Trainer
 from pipeline.errors import MedsegError
+from pipeline.instances.schema import is_instance
 
 __all__ = ["run_training", "run_dir_for", "distributed_context", "RESUMABLE_CHANGES"]
 
@@ -297,6 +299,8 @@ def run_training(
             state = trainer.fit()
             if dist.world_size > 1:
                 torch.distributed.barrier()
+            if dist.rank == 0 and is_instance(config):  # thresholds chosen on validation, saved with the run
+                tune_postprocess(config, run_dir, progress=progress)
         except BaseException:
             if dist.rank == 0 and fresh:
                 _remove_failed_start(run_dir, created, lock)

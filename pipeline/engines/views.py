@@ -185,6 +185,14 @@ def _to_picture(plane: np.ndarray, volume: bool) -> np.ndarray:
     return np.rot90(plane) if volume else plane.T
 
 
+def picture(path: str | os.PathLike, *, label: bool = False) -> np.ndarray:
+    """A file as one 2D picture (rows x columns): a 2D image whole, a volume's middle axial
+    slice; an image as grey in [0, 1] (:func:`_grey`), a label map with its raw values."""
+    a = np.asarray(read_label(path).array) if label else _grey(path)
+    volume = a.ndim == 3
+    return _to_picture(a[..., a.shape[2] // 2] if volume else a, volume)
+
+
 def compose(grey: np.ndarray | None, mask: np.ndarray | None, mode: str, shape: tuple[int, int]) -> np.ndarray:
     """One ``H W 3`` uint8 picture: ``grey`` (black when None) with ``mask`` drawn on it.
 

@@ -36,6 +36,7 @@ from pipeline.instances.measure import as_instance_map
 
 __all__ = [
     "MARKERS",
+    "SELECTION_METRICS",
     "PARAMETERS",
     "instances_from_probabilities",
     "instances_from_classes",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 MARKERS = ("interior", "distance")
+SELECTION_METRICS = ("mean_ap", "ap_0.50")
+"""What :func:`select_thresholds` can maximise: mean AP over IoU 0.5:0.05:0.95, or AP at 0.5."""
 PARAMETERS = ("markers", "interior_threshold", "foreground_threshold", "min_size", "max_hole_size", "min_distance")
 """The settings :func:`select_thresholds` returns and :func:`postprocess` reads."""
 
@@ -185,17 +188,19 @@ def postprocess(probs: Any, settings: Mapping[str, Any]) -> np.ndarray:
 def select_thresholds(
     pairs: Iterable[tuple[Any, Any]],
     *,
-    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     min_sizes: Sequence[int] = (0, 8, 16, 32, 64, 128),
     markers: str = "interior",
     foreground_threshold: float = 0.5,
     max_hole_size: int = 64,
     min_distance: int = 3,
+    metric: str = "mean_ap",
 ) -> dict[str, Any]:
     """Choose ``interior_threshold`` and ``min_size`` that maximise the mean AP on validation pairs.
 
     Every combination of the grid is scored by the mean over images of the mean AP at IoU
-    0.5:0.05:0.95; on a tie the lowest threshold and the smallest ``min_size`` win. With
+    0.5:0.05:0.95 (``metric="mean_ap"``) or of the AP at IoU 0.5 (``metric="ap_0.50"``); on a
+    tie the lowest threshold and the smallest ``min_size`` win. With
     ``markers="distance"`` the interior threshold plays no part and only ``min_size`` is chosen.
 
     Args:
@@ -204,13 +209,14 @@ def select_thresholds(
         min_sizes: candidate minimum object sizes (pixels).
         markers, foreground_threshold, max_hole_size, min_distance: fixed settings, see
             :func:`instances_from_probabilities`.
+        metric: ``"mean_ap"`` or ``"ap_0.50"``.
 
     Returns:
         JSON-able dict: the chosen :data:`PARAMETERS`, ``score`` (its mean AP), ``metric``,
         ``n_images`` and ``grid`` (the candidates and every score), for :func:`postprocess`.
 
     Raises:
-        ValueError: if ``pairs`` is empty or a grid is empty.
+        ValueError: if ``pairs`` is empty, a grid is empty or ``metric`` is unknown.
 
     Example:
         >>> from pipeline.instances.targets import instance_classes
@@ -222,6 +228,8 @@ def select_thresholds(
     """
     from pipeline.instances.metrics import match
 
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"metric must be one of {list(SELECTION_METRICS)}, got {metric!r}")
     pairs = list(pairs)
     if not pairs:
         raise ValueError("select_thresholds needs at least one (probs, true_ids) pair")
@@ -242,7 +250,8 @@ def select_thresholds(
                 min_distance=min_distance,
             )
             for j, size in enumerate(sizes):
-                scores[i, j] += match(true, remove_small(ids, size))["mean_ap"]
+                m = match(true, remove_small(ids, size))
+                scores[i, j] += m["mean_ap"] if metric == "mean_ap" else m["ap"][0]
     scores /= len(pairs)
     i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)  # first maximum: lowest values
     return {
@@ -253,7 +262,7 @@ def select_thresholds(
         "max_hole_size": int(max_hole_size),
         "min_distance": int(min_distance),
         "score": float(scores[i, j]),
-        "metric": "mean_ap",
+        "metric": metric,
         "n_images": len(pairs),
         "grid": {"interior_threshold": thresholds, "min_size": sizes, "scores": scores.round(6).tolist()},
     }

@@ -13,6 +13,7 @@ vessel2d   DRIVE colour fundus + vessels + FOV    DRIVE ``training/``, ``test/``
 vessel3d   MSD Task08 hepatic vessels in CT       MSD ``dataset.json``            96 x 96 x 48
 lung       MSD Task06 chest CT, lungs + nodules   MSD ``dataset.json``            96 x 96 x 48
 cell       DSB2018 fluorescence nuclei            DSB ``stage1_train/<id>/``      128 x 128
+cell3d     dense 3D nuclei, instance id maps      folders ``images/ labels/``     64 x 64 x 24
 ========== ====================================== =============================== ==============
 
 Example:

@@ -7,6 +7,9 @@ from scipy import ndimage
 
 from pipeline.data.synth._draw import smooth_noise
 from pipeline.data.synth._kinds import SynthKind, write_picture
+from pipeline.data.synth.dense import dense_nuclei
+from pipeline.instances.postprocess import remove_small
+from pipeline.io import write_image
 from pipeline.registry import SYNTH_KINDS
 
 DEFAULT_SIZE = 128
@@ -71,11 +74,19 @@ def nuclei(rng: np.random.Generator, size: int = DEFAULT_SIZE) -> tuple[np.ndarr
     return np.clip(image * gain * 255.0, 0, 255).astype(np.uint8), instances
 
 
-def _write(out, n: int, rng, size: int) -> None:
-    """DSB2018's layout: ``stage1_train/<id>/images/<id>.png`` (RGBA) and one mask per nucleus."""
+def _write(out, n: int, rng, size: int, dense: bool = False) -> None:
+    """DSB2018's layout: ``stage1_train/<id>/images/<id>.png`` (RGBA) and one mask per nucleus.
+
+    ``dense``: fields of :func:`pipeline.data.synth.dense.dense_nuclei` (most nuclei in clumps,
+    touching or overlapping) instead of :func:`nuclei`'s sparser ones.
+    """
     for i in range(n):
         r = rng(i)
-        image, instances = nuclei(r, size)
+        if dense:
+            field, instances = dense_nuclei(r, (size, size))
+            image = np.clip(field * 255.0, 0, 255).astype(np.uint8)
+        else:
+            image, instances = nuclei(r, size)
         case = r.bytes(32).hex()
         rgba = np.dstack([image, image, image, np.full_like(image, 255)])
         write_picture(out / "stage1_train" / case / "images" / f"{case}.png", rgba)
@@ -85,3 +96,24 @@ def _write(out, n: int, rng, size: int) -> None:
 
 
 SYNTH_KINDS.register("cell", SynthKind("dsb2018", 2, DEFAULT_SIZE, ("stage1_train",), 3, _write))
+
+
+def _write_3d(out, n: int, rng, size: tuple[int, int, int]) -> None:
+    """Dense 3D nuclei in the ``folders`` layout: ``images/<case>.nii.gz`` (float32, spacing
+    0.5 x 0.5 x 1.0 µm) and ``labels/<case>.nii.gz`` (uint16 instance ids, 0 = background).
+
+    Volumes are drawn isotropic at the lateral pixel size and every second plane is kept along
+    the third axis, as a confocal stack sampled coarser in depth.
+    """
+    spacing = (0.5, 0.5, 1.0)
+    for i in range(n):
+        r = rng(i)
+        image, ids = dense_nuclei(r, (size[0], size[1], size[2] * 2), radius=(4.0, 8.0))
+        image, ids = image[..., ::2], ids[..., ::2]
+        ids = remove_small(ids, 1)  # a nucleus whose planes were all skipped
+        case = f"cell3d_{i:03d}"
+        write_image(out / "images" / f"{case}.nii.gz", image, spacing=spacing)
+        write_image(out / "labels" / f"{case}.nii.gz", ids.astype(np.uint16), spacing=spacing)
+
+
+SYNTH_KINDS.register("cell3d", SynthKind("folders", 3, (64, 64, 24), ("images", "labels"), 4, _write_3d))
