@@ -315,6 +315,7 @@ class Trainer:
             f"{n_train} training / {n_val} validation case(s), patch {patch}, batch {train['batch_size']} x {crops} "
             f"crop(s), {self._steps_per_epoch()} steps per epoch, epochs {self.state.epoch + 1}-{self.epochs}"
             + (f", budget {self.time_budget:g} min" if self.time_budget is not None else "")
+            + (f", {str(self.amp_dtype).removeprefix('torch.')} autocast" if self.amp_dtype is not None else "")
         )
 
     def _steps_per_epoch(self) -> int:
