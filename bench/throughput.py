@@ -39,7 +39,19 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("cell_dsb", "demo_cell", "demo_vessel2d", "vessel_drive", "demo_lung", "lung_msd", "vessel_hepatic")
+CONFIGS = (
+    "cell_dsb",
+    "demo_cell",
+    "demo_vessel2d",
+    "vessel_drive",
+    "demo_lung",
+    "lung_msd",
+    "vessel_hepatic",
+    "plan_vessel2d",
+    "plan_lung",
+)
+PLANNED = {"plan_vessel2d": 5, "plan_lung": 5}
+"""``medseg plan --budget-minutes B`` output on the synthetic data of the same name's SYNTH entry."""
 SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "cell_dsb": ("cell", 256, 12),  # DSB2018 images are 256² to 1040²
     "demo_cell": ("cell", 128, 12),
@@ -48,6 +60,8 @@ SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "demo_lung": ("lung", (96, 96, 48), 6),
     "lung_msd": ("lung", (96, 96, 48), 6, {"nodules": False}),  # Task06 labels one class
     "vessel_hepatic": ("vessel3d", (96, 96, 48), 6),
+    "plan_vessel2d": ("vessel2d", 192, 12),
+    "plan_lung": ("lung", (96, 96, 48), 6),
 }
 SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
     "lung_msd": ["transforms.patch_size=[64,64,48]", "transforms.spacing=null", "train.batch_size=1"],
@@ -66,6 +80,20 @@ def _synth(config: str, cache: Path) -> Path:
 
         make_dataset(kind, root, n, 0, size=size, **options)
     return root
+
+
+def _config_path(config_name: str, data: Path) -> Path:
+    """A shipped config, or for ``plan_*`` the plan of ``data`` (made once, kept beside the data)."""
+    if config_name not in PLANNED:
+        return ROOT / "configs" / f"{config_name}.yaml"
+    budget = PLANNED[config_name]
+    path = data.parent / f"{data.name}_plan{budget}.yaml"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "pipeline.cli", "plan", str(data), "--budget-minutes", str(budget)]
+        proc = subprocess.run([*cmd, "--output", str(path)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise SystemExit(f"medseg plan {data} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return path
 
 
 def _usage() -> dict[str, float]:
@@ -107,7 +135,7 @@ def _build(config_name: str, data: Path, out: Path, args: argparse.Namespace):
         *SHRINK.get(config_name, []),
         *args.set,
     ]
-    config = load_config(ROOT / "configs" / f"{config_name}.yaml", overrides)
+    config = load_config(_config_path(config_name, data), overrides)
     factory.set_threads(args.threads)
     with distributed_context("cpu") as dist:
         trainer = _build_trainer(config, out, dist, factory.select_device("cpu"), progress=False)
