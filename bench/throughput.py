@@ -11,17 +11,21 @@ to that measurement alone):
   ceiling, no data loading.
 
 Columns: steps/s, crop pixels (voxels) per second, system-time share of CPU time, minor page
-faults per step, peak RSS (process + its loader workers), and medseg / bare. ``--allocator off``
-measures without :func:`pipeline.runtime.tune_allocator` (glibc's defaults, what ``medseg`` ran
-with before); ``--phases`` splits one config's step into data / host-to-device / forward / loss /
-backward / optimiser and its random transforms one by one, and prints torch.profiler's top ops.
-Patch and batch are shrunk only where ``SHRINK`` says (full-size 3D patches take minutes a step on
-two cores); the table says what ran.
+faults per step, peak RSS (process + its loader workers), and medseg / bare (steps/s, and CPU
+time per step: the steadier figure on a shared machine). ``--allocator off`` measures without
+:func:`pipeline.runtime.tune_allocator` (glibc's defaults, what ``medseg`` ran with before);
+``--amp auto|bf16|off`` sets ``train.amp`` (``auto``: bf16 on a CPU with native bf16).
+``--phases`` runs the Trainer's own ``fit`` and splits its wall and CPU time per step into data,
+host-to-device, forward, loss, backward, optimiser, per-step logging, epoch end (checkpoints, log,
+curves) and validation, then the random transforms one by one, then torch.profiler's top ops.
+``plan_vessel2d`` and ``plan_lung`` are ``medseg plan`` outputs for the synthetic data (planned
+once, kept beside it). Patch and batch are shrunk only where ``SHRINK`` says (full-size 3D
+patches take minutes a step on two cores); the table says what ran.
 
 Usage:
     PYTHONPATH=. python bench/throughput.py                          # every config, ~15 min on 2 cores
     PYTHONPATH=. python bench/throughput.py --configs cell_dsb --allocator off
-    PYTHONPATH=. python bench/throughput.py --configs cell_dsb --phases
+    PYTHONPATH=. python bench/throughput.py --configs demo_vessel2d plan_lung --phases --threads 1
     PYTHONPATH=. python bench/throughput.py --configs demo_lung --workers 0 1 2 --threads 1 2
 """
 
@@ -314,7 +318,7 @@ def phases(config_name: str, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config, trainer = _build(config_name, data, Path(tmp) / "run", args)
         per_epoch = len(trainer.train_loader)
-        times = {n: [0.0, 0.0] for n in [*(n for n, _ in PHASES), "step", "fit"]}
+        times = {n: [0.0, 0.0] for n in [*(n for n, _ in PHASES), "step", "fit", "train_end"]}
         trainer.train_loader = _TimedLoader(trainer.train_loader, times)
         trainer._move = _timed(times, "h2d", trainer._move)
         trainer._forward = _timed(times, "forward", trainer._forward)
@@ -323,6 +327,7 @@ def phases(config_name: str, args: argparse.Namespace) -> None:
         trainer.train_step = _timed(times, "step", trainer.train_step)
         trainer.validate = _timed(times, "validation", trainer.validate)
         trainer.on_epoch_end = _timed(times, "epoch_end", trainer.on_epoch_end)
+        trainer.on_train_end = _timed(times, "train_end", trainer.on_train_end)  # once per run: left out
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):
             trainer.epochs = 1
@@ -339,15 +344,17 @@ def phases(config_name: str, args: argparse.Namespace) -> None:
         for i in (0, 1):
             times["backward"][i] = times["step"][i] - sum(times[n][i] for n in ("h2d", "forward", "loss", "optimizer"))
             times["logging"][i] = times["fit"][i] - times["step"][i]
-            times["logging"][i] -= sum(times[n][i] for n in ("data", "epoch_end", "validation"))
-        cpu = times["fit"][1]
+            times["logging"][i] -= sum(times[n][i] for n in ("data", "epoch_end", "validation", "train_end"))
+        cpu = times["fit"][1] - times["train_end"][1]
+        wall -= times["train_end"][0]
         crop = config["train"]["batch_size"] * config["transforms"]["num_samples"]
         print(
             f"{config_name} ({config.spatial_dims}D): batch {crop} crops of {config.patch_size}, "
             f"{torch.get_num_threads()} thread(s), {trainer.train_loader.num_workers} worker(s), "
             f"amp {trainer.amp_dtype}; {epochs} epochs of {per_epoch} steps: {wall / steps:.3f} s/step wall, "
-            f"{use['cpu_per_step']:.3f} s/step CPU, system {use['sys_frac']:.1%}, "
-            f"{use['faults_step']:,.0f} minor faults/step"
+            f"{use['cpu_per_step'] - times['train_end'][1] / steps:.3f} s/step CPU, system {use['sys_frac']:.1%}, "
+            f"{use['faults_step']:,.0f} minor faults/step; once per run, not in the table: "
+            f"on_train_end {times['train_end'][1] * 1000:.0f} ms CPU"
         )
         print("  | phase | wall ms/step | CPU ms/step | CPU share | what |\n  | --- | --: | --: | --: | --- |")
         for name, what in PHASES:
