@@ -317,7 +317,7 @@ def phases(config_name: str, args: argparse.Namespace) -> None:
     data = _synth(config_name, Path(args.data))
     with tempfile.TemporaryDirectory() as tmp:
         config, trainer = _build(config_name, data, Path(tmp) / "run", args)
-        per_epoch = len(trainer.train_loader)
+        per_epoch = trainer._steps_per_epoch()  # train.iterations_per_epoch, else one pass
         times = {n: [0.0, 0.0] for n in [*(n for n, _ in PHASES), "step", "fit", "train_end"]}
         trainer.train_loader = _TimedLoader(trainer.train_loader, times)
         trainer._move = _timed(times, "h2d", trainer._move)
