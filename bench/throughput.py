@@ -143,6 +143,19 @@ def _build(config_name: str, data: Path, out: Path, args: argparse.Namespace):
     factory.set_threads(args.threads)
     with distributed_context("cpu") as dist:
         trainer = _build_trainer(config, out, dist, factory.select_device("cpu"), progress=False)
+    if getattr(args, "loader", "plain") == "thread":  # the next batch made in a background thread
+        from monai.data import ThreadDataLoader
+
+        plain = trainer.train_loader
+        trainer.train_loader = ThreadDataLoader(
+            plain.dataset,
+            buffer_size=1,
+            batch_size=plain.batch_size,
+            shuffle=True,
+            num_workers=plain.num_workers,
+            generator=plain.generator,
+            drop_last=plain.drop_last,
+        )
     return config, trainer
 
 
@@ -425,6 +438,7 @@ def main() -> None:
     p.add_argument("--allocator", choices=("on", "off"), default="on")
     p.add_argument("--trim", type=int, default=None, help="tune_allocator(trim_threshold=...) in bytes")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "auto"))
+    p.add_argument("--loader", default="plain", choices=("plain", "thread"), help="thread: MONAI's ThreadDataLoader")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     p.add_argument("--phases", action="store_true", help="per-phase split and profile instead of the table")
     p.add_argument("--top", type=int, default=15, help="--phases: profiler rows")
@@ -446,6 +460,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--one", name, "--threads", str(threads), "--workers", str(workers)]
                 cmd += ["--steps", str(args.steps), "--warmup-epochs", str(args.warmup_epochs)]
                 cmd += ["--allocator", args.allocator, "--amp", args.amp, "--data", args.data, "--top", str(args.top)]
+                cmd += ["--loader", args.loader]
                 cmd += [
                     *(["--trim", str(args.trim)] if args.trim is not None else []),
                     *(["--phases"] if args.phases else []),
