@@ -11,17 +11,21 @@ to that measurement alone):
   ceiling, no data loading.
 
 Columns: steps/s, crop pixels (voxels) per second, system-time share of CPU time, minor page
-faults per step, peak RSS (process + its loader workers), and medseg / bare. ``--allocator off``
-measures without :func:`pipeline.runtime.tune_allocator` (glibc's defaults, what ``medseg`` ran
-with before); ``--phases`` splits one config's step into data / host-to-device / forward / loss /
-backward / optimiser and its random transforms one by one, and prints torch.profiler's top ops.
-Patch and batch are shrunk only where ``SHRINK`` says (full-size 3D patches take minutes a step on
-two cores); the table says what ran.
+faults per step, peak RSS (process + its loader workers), and medseg / bare (steps/s, and CPU
+time per step: the steadier figure on a shared machine). ``--allocator off`` measures without
+:func:`pipeline.runtime.tune_allocator` (glibc's defaults, what ``medseg`` ran with before);
+``--amp auto|bf16|off`` sets ``train.amp`` (``auto``: bf16 on a CPU with native bf16).
+``--phases`` runs the Trainer's own ``fit`` and splits its wall and CPU time per step into data,
+host-to-device, forward, loss, backward, optimiser, per-step logging, epoch end (checkpoints, log,
+curves) and validation, then the random transforms one by one, then torch.profiler's top ops.
+``plan_vessel2d`` and ``plan_lung`` are ``medseg plan`` outputs for the synthetic data (planned
+once, kept beside it). Patch and batch are shrunk only where ``SHRINK`` says (full-size 3D
+patches take minutes a step on two cores); the table says what ran.
 
 Usage:
     PYTHONPATH=. python bench/throughput.py                          # every config, ~15 min on 2 cores
     PYTHONPATH=. python bench/throughput.py --configs cell_dsb --allocator off
-    PYTHONPATH=. python bench/throughput.py --configs cell_dsb --phases
+    PYTHONPATH=. python bench/throughput.py --configs demo_vessel2d plan_lung --phases --threads 1
     PYTHONPATH=. python bench/throughput.py --configs demo_lung --workers 0 1 2 --threads 1 2
 """
 
@@ -39,7 +43,19 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("cell_dsb", "demo_cell", "demo_vessel2d", "vessel_drive", "demo_lung", "lung_msd", "vessel_hepatic")
+CONFIGS = (
+    "cell_dsb",
+    "demo_cell",
+    "demo_vessel2d",
+    "vessel_drive",
+    "demo_lung",
+    "lung_msd",
+    "vessel_hepatic",
+    "plan_vessel2d",
+    "plan_lung",
+)
+PLANNED = {"plan_vessel2d": 5, "plan_lung": 5}
+"""``medseg plan --budget-minutes B`` output on the synthetic data of the same name's SYNTH entry."""
 SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "cell_dsb": ("cell", 256, 12),  # DSB2018 images are 256² to 1040²
     "demo_cell": ("cell", 128, 12),
@@ -48,6 +64,8 @@ SYNTH = {  # config -> (synth kind, size, cases[, make_dataset options])
     "demo_lung": ("lung", (96, 96, 48), 6),
     "lung_msd": ("lung", (96, 96, 48), 6, {"nodules": False}),  # Task06 labels one class
     "vessel_hepatic": ("vessel3d", (96, 96, 48), 6),
+    "plan_vessel2d": ("vessel2d", 192, 12),
+    "plan_lung": ("lung", (96, 96, 48), 6),
 }
 SHRINK = {  # overrides that make a step take seconds, not minutes, on two cores
     "lung_msd": ["transforms.patch_size=[64,64,48]", "transforms.spacing=null", "train.batch_size=1"],
@@ -66,6 +84,20 @@ def _synth(config: str, cache: Path) -> Path:
 
         make_dataset(kind, root, n, 0, size=size, **options)
     return root
+
+
+def _config_path(config_name: str, data: Path) -> Path:
+    """A shipped config, or for ``plan_*`` the plan of ``data`` (made once, kept beside the data)."""
+    if config_name not in PLANNED:
+        return ROOT / "configs" / f"{config_name}.yaml"
+    budget = PLANNED[config_name]
+    path = data.parent / f"{data.name}_plan{budget}.yaml"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "pipeline.cli", "plan", str(data), "--budget-minutes", str(budget)]
+        proc = subprocess.run([*cmd, "--output", str(path)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise SystemExit(f"medseg plan {data} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return path
 
 
 def _usage() -> dict[str, float]:
@@ -107,10 +139,23 @@ def _build(config_name: str, data: Path, out: Path, args: argparse.Namespace):
         *SHRINK.get(config_name, []),
         *args.set,
     ]
-    config = load_config(ROOT / "configs" / f"{config_name}.yaml", overrides)
+    config = load_config(_config_path(config_name, data), overrides)
     factory.set_threads(args.threads)
     with distributed_context("cpu") as dist:
         trainer = _build_trainer(config, out, dist, factory.select_device("cpu"), progress=False)
+    if getattr(args, "loader", "plain") == "thread":  # the next batch made in a background thread
+        from monai.data import ThreadDataLoader
+
+        plain = trainer.train_loader
+        trainer.train_loader = ThreadDataLoader(
+            plain.dataset,
+            buffer_size=1,
+            batch_size=plain.batch_size,
+            shuffle=True,
+            num_workers=plain.num_workers,
+            generator=plain.generator,
+            drop_last=plain.drop_last,
+        )
     return config, trainer
 
 
@@ -178,12 +223,14 @@ def _bare(trainer, batch: dict, steps: int) -> dict:
     backward, clip, step (what ``Trainer.train_step`` does, without a loader)."""
     import torch
 
+    from pipeline.engines.inferer import autocast
+
     net, loss_fn, opt = trainer.network, trainer.loss, trainer.optimizer
     extras = {k: batch[k] for k in getattr(loss_fn, "extra_inputs", ()) if k in batch}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with trainer._autocast():
+        with autocast(trainer.device, trainer.amp_dtype):
             pred = net(batch["image"])
         pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
         loss = loss_fn(pred, batch["label"], **extras)
@@ -199,10 +246,81 @@ def _bare(trainer, batch: dict, steps: int) -> dict:
     return _delta(a, _usage(), steps)
 
 
+def _timed(times: dict[str, list[float]], name: str, fn):
+    """``fn`` with its wall time and this thread's CPU time added to ``times[name]`` on every call.
+
+    The thread's CPU time is what the phase cost on a shared machine (other jobs' load inflates
+    wall time only); with one torch thread and no loader workers it is the whole cost.
+    """
+
+    def call(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            times[name][0] += time.perf_counter() - wall
+            times[name][1] += time.thread_time() - cpu
+
+    return call
+
+
+class _Delegate:
+    """Stands in for ``inner`` (attributes pass through); subclasses time one use of it."""
+
+    def __init__(self, inner, times: dict[str, float]) -> None:
+        self.inner, self.times = inner, times
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+class _TimedLoader(_Delegate):
+    """The train loader, each ``next`` timed as ``data`` (random transforms, extra targets, collate)."""
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        it = iter(self.inner)
+        step = _timed(self.times, "data", lambda: next(it, None))
+        while (batch := step()) is not None:
+            yield batch
+
+
+class _TimedLoss(_Delegate):
+    def __call__(self, *args, **kwargs):
+        return _timed(self.times, "loss", self.inner)(*args, **kwargs)
+
+
+PHASES = (
+    ("data", "loader next: random transforms, extra targets (distance maps), collate"),
+    ("h2d", "batch to the device (Trainer._move)"),
+    ("forward", "network forward (autocast)"),
+    ("loss", "loss on the prediction and the extra targets"),
+    ("backward", "zero_grad, backward, gradient clipping (train_step minus the rest)"),
+    ("optimizer", "optimizer.step"),
+    ("logging", "per-step loop work: progress bar, loss readback, budget check (fit minus the rest)"),
+    ("epoch_end", "per epoch: scheduler, checkpoints, log.csv, curves (amortised per step)"),
+    ("validation", "sliding-window validation (amortised per step)"),
+)
+
+
 def phases(config_name: str, args: argparse.Namespace) -> None:
-    """Per-phase time of the medseg step, the random transforms one by one, torch.profiler's top ops."""
+    """Where the wall time of ``Trainer.fit`` goes per step, the random transforms one by one,
+    and torch.profiler's top ops of two steps.
+
+    The Trainer's own ``fit`` runs (one warm-up epoch, then whole epochs of at least
+    ``--steps`` steps, validation at the config's ``val_every``), its parts timed by wrapping
+    them on the instance (loader, ``_move``, forward, loss, ``optimizer.step``, ``train_step``,
+    ``validate``, ``on_epoch_end``); nothing of the step is re-implemented here.
+    """
+    import contextlib
+    import io
+
     import torch
     from monai.transforms import apply_transform
+
+    from transforms.chains import without_metadata
 
     if args.allocator == "on":
         from pipeline.runtime import tune_allocator
@@ -212,55 +330,68 @@ def phases(config_name: str, args: argparse.Namespace) -> None:
     data = _synth(config_name, Path(args.data))
     with tempfile.TemporaryDirectory() as tmp:
         config, trainer = _build(config_name, data, Path(tmp) / "run", args)
-        trainer.network.train()
-        extra = getattr(trainer.loss, "extra_inputs", ())
-        names = ("data", "h2d", "forward", "loss", "backward", "optimizer")
-        times = dict.fromkeys(names, 0.0)
-        batches = _epochs(trainer, 0)
-        for i in range(args.steps + 2):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            d = trainer._move(batch, ("image", "label", *extra))
-            image, label = d.pop("image"), d.pop("label")
-            trainer.optimizer.zero_grad(set_to_none=True)
-            t2 = time.perf_counter()
-            with trainer._autocast():
-                pred = trainer.network(image)
-            pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
-            t3 = time.perf_counter()
-            loss = trainer.loss(pred, label, **d)
-            t4 = time.perf_counter()
-            loss.backward()
-            t5 = time.perf_counter()
-            if trainer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), trainer.grad_clip)
-            trainer.optimizer.step()
-            t6 = time.perf_counter()
-            if i >= 2:
-                for n, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
-                    times[n] += dt
-        total = sum(times.values())
-        print(f"{config_name}: crop {tuple(image.shape)}, {args.steps} steps, {total / args.steps:.3f} s/step")
-        for n in names:
-            print(f"  {n:10s} {times[n] / args.steps * 1000:9.1f} ms  {times[n] / total:6.1%}")
+        per_epoch = trainer._steps_per_epoch()  # train.iterations_per_epoch, else one pass
+        times = {n: [0.0, 0.0] for n in [*(n for n, _ in PHASES), "step", "fit", "train_end"]}
+        trainer.train_loader = _TimedLoader(trainer.train_loader, times)
+        trainer._move = _timed(times, "h2d", trainer._move)
+        trainer._forward = _timed(times, "forward", trainer._forward)
+        trainer.loss = _TimedLoss(trainer.loss, times)
+        trainer.optimizer.step = _timed(times, "optimizer", trainer.optimizer.step)
+        trainer.train_step = _timed(times, "step", trainer.train_step)
+        trainer.validate = _timed(times, "validation", trainer.validate)
+        trainer.on_epoch_end = _timed(times, "epoch_end", trainer.on_epoch_end)
+        trainer.on_train_end = _timed(times, "train_end", trainer.on_train_end)  # once per run: left out
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet):
+            trainer.epochs = 1
+            trainer.fit()  # warm-up: caches, allocator growth, first-step overheads
+            for v in times.values():
+                v[:] = [0.0, 0.0]
+            epochs = max(1, -(-args.steps // per_epoch))
+            trainer.epochs = 1 + epochs
+            a = _usage()
+            _timed(times, "fit", trainer.fit)()
+            use = _delta(a, _usage(), epochs * per_epoch)
+        steps = epochs * per_epoch
+        wall = steps / use["steps_s"]
+        for i in (0, 1):
+            times["backward"][i] = times["step"][i] - sum(times[n][i] for n in ("h2d", "forward", "loss", "optimizer"))
+            times["logging"][i] = times["fit"][i] - times["step"][i]
+            times["logging"][i] -= sum(times[n][i] for n in ("data", "epoch_end", "validation", "train_end"))
+        cpu = times["fit"][1] - times["train_end"][1]
+        wall -= times["train_end"][0]
+        crop = config["train"]["batch_size"] * config["transforms"]["num_samples"]
+        print(
+            f"{config_name} ({config.spatial_dims}D): batch {crop} crops of {config.patch_size}, "
+            f"{torch.get_num_threads()} thread(s), {trainer.train_loader.num_workers} worker(s), "
+            f"amp {trainer.amp_dtype}; {epochs} epochs of {per_epoch} steps: {wall / steps:.3f} s/step wall, "
+            f"{use['cpu_per_step'] - times['train_end'][1] / steps:.3f} s/step CPU, system {use['sys_frac']:.1%}, "
+            f"{use['faults_step']:,.0f} minor faults/step; once per run, not in the table: "
+            f"on_train_end {times['train_end'][1] * 1000:.0f} ms CPU"
+        )
+        print("  | phase | wall ms/step | CPU ms/step | CPU share | what |\n  | --- | --: | --: | --: | --- |")
+        for name, what in PHASES:
+            w, c = times[name]
+            print(f"  | {name} | {w / steps * 1000:.1f} | {c / steps * 1000:.1f} | {c / cpu:.1%} | {what} |")
         ds = trainer.train_loader.dataset
         chain = ds.transform
         first = chain.get_index_of_first(lambda t: hasattr(t, "randomize") or hasattr(t, "set_random_state"))
         per_t: dict[str, float] = {}
-        cached = [ds._cache[i] for i in range(min(8, len(ds._cache)))]
+        cached = [ds._cache[i] for i in range(min(8, len(getattr(ds, "_cache", ()) or ())))]
         for item in cached:
             x = item
-            for t in chain.transforms[first:]:
-                s = time.perf_counter()
-                x = apply_transform(t, x, map_items=True)
-                per_t[type(t).__name__] = per_t.get(type(t).__name__, 0.0) + time.perf_counter() - s
+            with without_metadata() if getattr(chain, "untracked_from", None) is not None else contextlib.nullcontext():
+                for t in chain.transforms[first:]:  # as Chain runs them: without MONAI's metadata
+                    start = time.thread_time()
+                    x = apply_transform(t, x, map_items=True)
+                    per_t[type(t).__name__] = per_t.get(type(t).__name__, 0.0) + time.thread_time() - start
         samples = config["transforms"]["num_samples"]
-        print(f"  random transforms per cached item ({len(cached)} items, {samples} crops each):")
+        print(f"  random transforms, CPU ms per cached case ({len(cached)} cases, {samples} crops each):")
         for n, dt in per_t.items():
-            print(f"    {n:32s} {dt / len(cached) * 1000:8.1f} ms")
+            print(f"    {n:32s} {dt / max(len(cached), 1) * 1000:8.1f}")
         from torch.profiler import ProfilerActivity, profile
 
+        batches = _epochs(trainer, 0)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(2):
                 trainer.train_step(next(batches))
@@ -307,6 +438,7 @@ def main() -> None:
     p.add_argument("--allocator", choices=("on", "off"), default="on")
     p.add_argument("--trim", type=int, default=None, help="tune_allocator(trim_threshold=...) in bytes")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "auto"))
+    p.add_argument("--loader", default="plain", choices=("plain", "thread"), help="thread: MONAI's ThreadDataLoader")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     p.add_argument("--phases", action="store_true", help="per-phase split and profile instead of the table")
     p.add_argument("--top", type=int, default=15, help="--phases: profiler rows")
@@ -328,6 +460,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--one", name, "--threads", str(threads), "--workers", str(workers)]
                 cmd += ["--steps", str(args.steps), "--warmup-epochs", str(args.warmup_epochs)]
                 cmd += ["--allocator", args.allocator, "--amp", args.amp, "--data", args.data, "--top", str(args.top)]
+                cmd += ["--loader", args.loader]
                 cmd += [
                     *(["--trim", str(args.trim)] if args.trim is not None else []),
                     *(["--phases"] if args.phases else []),

@@ -1,4 +1,5 @@
-"""Process-wide runtime settings applied once at start-up: :func:`tune_allocator`.
+"""Process-wide runtime settings applied once at start-up (:func:`tune_allocator`) and facts about
+the machine read once (:func:`cpu_has_bf16`).
 
 Why: PyTorch's CPU tensors come from ``malloc``. glibc serves every block above its mmap
 threshold (dynamic, at most 32 MiB on 64-bit) with a fresh ``mmap`` and returns it with
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
-__all__ = ["tune_allocator", "TRIM_THRESHOLD"]
+__all__ = ["tune_allocator", "TRIM_THRESHOLD", "cpu_has_bf16", "cpu_flags", "BF16_FLAGS"]
 
 # glibc <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -93,3 +95,41 @@ def tune_allocator(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     trim = max(0, min(int(trim_threshold), 2**31 - 1))  # mallopt takes an int
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
     return _applied
+
+
+CPUINFO = "/proc/cpuinfo"
+"""Where :func:`cpu_flags` reads the CPU's feature flags (Linux)."""
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""``/proc/cpuinfo`` flags of native bf16 arithmetic: AVX-512-BF16 (Cooper Lake, Sapphire Rapids,
+AMD Zen 4 and later) and AMX-BF16 (Sapphire Rapids and later)."""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of the first CPU in :data:`CPUINFO`; empty where it cannot be read
+    (macOS, Windows, a container without ``/proc``). Read once per process."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86 / ARM
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (one of :data:`BF16_FLAGS`), so that bf16 autocast
+    makes training faster rather than slower.
+
+    Without these instructions oneDNN still runs bf16 on any AVX-512 CPU, emulated (converted to
+    fp32 and back), which saves no arithmetic and adds the conversions; torch's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) says yes there too, so it is not used.
+    ``train.amp: auto`` turns bf16 on from this (:func:`pipeline.engines.inferer.autocast_dtype`).
+
+    Example:
+        >>> cpu_has_bf16() in (True, False)
+        True
+    """
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)

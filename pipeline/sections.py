@@ -50,7 +50,7 @@ def _train() -> Section:
             "val_every": Field(int, 1, minimum=1, help="validate every N epochs (and after the last)"),
             "patience": Field(int, 0, minimum=0, help="stop after N validations without improvement; 0 = off"),
             "time_budget": Field(float, None, minimum=0, nullable=True, help="stop after this many minutes"),
-            "amp": Field(str, "auto", choices=("auto", "bf16", "fp16", "off"), help="auto = bf16 on CUDA, off on CPU"),
+            "amp": Field(str, "auto", choices=("auto", "bf16", "fp16", "off"), help="auto: bf16 on CUDA, bf16 CPUs"),
             "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
             "threads": Field(int, 0, minimum=0, help="torch CPU threads; 0 = all cores"),
             "num_workers": Field(int, -1, minimum=-1, help="data-loader workers; -1 = chosen for the machine"),

@@ -109,3 +109,14 @@ def test_auto_workers_on_small_cpu_machines(monkeypatch):
 
     monkeypatch.setattr(loaders, "cpu_count", lambda: 2)
     assert auto_workers(torch.device("cpu")) == 0
+
+
+def test_cache_digest_changes_with_the_cached_prefix_version(tmp_path, monkeypatch):
+    """A disk cache written before the chain's cached part changed (same config) is not served."""
+    from pipeline.data import loaders
+
+    root = write_folders(tmp_path / "data", n=2, size=24)
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(root, tmp_path / "run")))
+    now = loaders.cache_digest(config)
+    monkeypatch.setattr(loaders, "CACHED_PREFIX_VERSION", loaders.CACHED_PREFIX_VERSION - 1)
+    assert loaders.cache_digest(config) != now

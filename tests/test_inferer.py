@@ -9,6 +9,7 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference as monai_sliding_window
 from monai.networks.nets import UNet
 
+from pipeline import runtime
 from pipeline.engines import inferer
 from pipeline.engines.inferer import (
     CPU_AUTO_INPUTS,
@@ -134,8 +135,9 @@ def test_argument_errors(net2d, kwargs, pattern):
         sliding_window_inference(torch.zeros(1, 2, 16, 16), predictor=net2d, **args)
 
 
-def test_autocast_dtype_choices():
+def test_autocast_dtype_choices(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(inferer, "cpu_has_bf16", lambda: False)
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", cuda) is torch.bfloat16
     assert autocast_dtype("auto", cuda, inference=True) is torch.float16
     assert autocast_dtype("auto", cpu, inference=True) is None
@@ -143,6 +145,23 @@ def test_autocast_dtype_choices():
     assert autocast_dtype("bf16", cuda, inference=True) is torch.bfloat16
     with pytest.raises(ValueError, match="amp must be one of"):
         autocast_dtype("fp8", cpu)
+
+
+@pytest.mark.parametrize(
+    ("flag", "train_dtype"), [("avx512_bf16", torch.bfloat16), ("amx_bf16", torch.bfloat16), ("", None)]
+)
+def test_auto_amp_on_the_cpu_is_bf16_for_training_only_with_native_bf16(tmp_path, monkeypatch, flag, train_dtype):
+    """``train.amp: auto`` on the CPU follows the cpuinfo flags (here a written file); inference stays fp32."""
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw {flag}\n")
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "cpuinfo"))
+    runtime.cpu_flags.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert autocast_dtype("auto", cpu) is train_dtype
+        assert autocast_dtype("auto", cpu, inference=True) is None
+        assert autocast_dtype("off", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    finally:
+        runtime.cpu_flags.cache_clear()
 
 
 # ---- drop-in claims versus MONAI ----------------------------------------------------------------

@@ -81,3 +81,47 @@ def test_medseg_main_tunes_the_allocator(monkeypatch):
     monkeypatch.setattr(runtime, "tune_allocator", lambda: calls.append(1) or True)
     assert cli.main([]) == cli.EXIT_USER_ERROR  # help printed, nothing run
     assert calls == [1]
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+bogomips\t: 4800.00
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+"""
+
+
+@pytest.fixture
+def fake_cpuinfo(tmp_path, monkeypatch):
+    """Point :data:`pipeline.runtime.CPUINFO` at a file written by the test; the cache is cleared
+    before and after, so the real flags come back for the other tests."""
+
+    def write(extra: str) -> None:
+        path = tmp_path / "cpuinfo"
+        path.write_text(_CPUINFO.format(extra=extra))
+        monkeypatch.setattr(runtime, "CPUINFO", str(path))
+        runtime.cpu_flags.cache_clear()
+
+    yield write
+    runtime.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [("", False), ("avx512_bf16", True), ("amx_tile amx_bf16", True), ("avx512_fp16 avx512vnni", False)],
+)
+def test_cpu_has_bf16_reads_the_cpuinfo_flags(fake_cpuinfo, extra, expected):
+    fake_cpuinfo(extra)
+    assert runtime.cpu_has_bf16() is expected
+    assert "avx512f" in runtime.cpu_flags()
+
+
+def test_cpu_without_cpuinfo_has_no_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "missing"))
+    runtime.cpu_flags.cache_clear()
+    try:
+        assert runtime.cpu_flags() == frozenset() and not runtime.cpu_has_bf16()
+    finally:
+        runtime.cpu_flags.cache_clear()

@@ -253,3 +253,25 @@ def test_train_with_another_val_metric(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert float(rows[0]["val_hd95"]) >= 0 and "val_dice" not in rows[0]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["train_state"]["best_epoch"] == 1
+
+
+def test_curves_are_redrawn_at_most_every_curves_every_s_and_at_the_end(tmp_path, monkeypatch):
+    """Four validated epochs within seconds: drawn after the first and once at the end, not four times."""
+    from pipeline.engines import trainer as trainer_module
+
+    drawn = []
+    original = report.plot_curves
+    monkeypatch.setattr(
+        report, "plot_curves", lambda history, *a, **k: drawn.append(len(history)) or original(history, *a, **k)
+    )
+    label = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    batch = {"image": torch.zeros(1, 1, 16, 16), "label": label}
+    trainer = _make_trainer(tmp_path, network=_Fixed(label[0, 0]), val_loader=[batch], epochs=4)
+    trainer.train_epoch = lambda epoch: 0.0  # validation only
+    trainer.fit()
+    assert drawn == [1, 4] and (tmp_path / "curves.png").stat().st_size > 0
+    monkeypatch.setattr(trainer_module, "CURVES_EVERY_S", 0.0)
+    drawn.clear()
+    trainer.epochs = 6
+    trainer.fit()
+    assert drawn == [5, 6]  # every validated epoch when the interval is 0; nothing left for the end

@@ -209,3 +209,64 @@ def test_settings_defaults_and_mode_check():
         resolve({"network": NET2D, "transforms": {"spacing": [1.0, 1.0, 1.0]}})
     with pytest.raises(ValueError, match="unknown batch input 'nope'"):
         build({"network": NET2D}, "train", inputs=("nope",))
+
+
+def _tracked(chain):
+    """The same chain with MONAI's metadata kept through its random part (as before ``untracked_from``)."""
+    clone = build_transforms.__globals__["Chain"](chain.transforms)
+    clone.untracked_from = None
+    return clone
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_train_random_part_runs_without_metadata_and_gives_the_same_arrays(case2d, case3d, dims):
+    from monai.data import MetaTensor, get_track_meta
+
+    net, case = (NET2D, case2d) if dims == 2 else (NET3D, case3d)
+    cfg = {
+        "network": net,
+        "transforms": {
+            "patch_size": [16] * dims,
+            "num_samples": 2,
+            "intensity": {"mode": "minmax"},
+            "augment": {**ALL_SPATIAL, "elastic": {"prob": 0.0}},
+            **({"label_values": [0, 255]} if dims == 2 else {}),
+        },
+    }
+    chain = build(cfg, "train", inputs=("dist",))
+    assert chain.untracked_from is not None
+    tracked = _tracked(chain)
+    for seed in range(3):
+        chain.set_random_state(seed)
+        fast = chain(case)
+        tracked.set_random_state(seed)
+        slow = tracked(case)
+        assert get_track_meta(), "the flag is restored after the call"
+        for a, b in zip(fast, slow, strict=True):
+            assert set(a) == set(b) and "label_spacing" not in a
+            for key in ("image", "label", "dist"):
+                assert type(a[key]) is torch.Tensor and isinstance(b[key], MetaTensor), key
+                assert torch.equal(a[key], b[key].as_tensor()), (seed, key)
+
+
+def test_untracked_distance_maps_keep_the_voxel_spacing(case3d):
+    """``transforms.spacing: null`` in 3D: distances in the file's spacing (1.5 x 1.5 x 3 mm here),
+    recorded before the random part that runs without metadata."""
+    cfg = {
+        "network": NET3D,
+        "transforms": {
+            "patch_size": [16, 16, 8],
+            "num_samples": 1,
+            "intensity": {"mode": "none"},
+            "augment": {"rotate": {"prob": 0.0}, "scale": {"prob": 0.0}, "flip": {"prob": 0.0}, **NO_INTENSITY_AUG},
+        },
+    }
+    chain = build(cfg, "train", inputs=("dist",))
+    chain.set_random_state(0)
+    (crop,) = chain(case3d)
+    lab = crop["label"][0].numpy() > 0
+    assert 0 < lab.sum() < lab.size
+    spacing = (1.5, 1.5, 3.0)
+    outside = ndimage.distance_transform_edt(~lab, sampling=spacing)
+    far = outside > 3.5  # away from the edge the signed map is the plain EDT of the background
+    np.testing.assert_allclose(crop["dist"][1].numpy()[far], outside[far], rtol=0.2)

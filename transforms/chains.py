@@ -9,7 +9,8 @@ One chain per mode, for 2D and 3D::
     -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
        (instance task: InstanceLabeld instead: ids in ``instance``, the foreground in ``label``)
-    -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
+    -> [train] RecordSpacingd -> SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio);
+       from the crop on without MONAI's metadata (plain tensors: see :class:`Chain`)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
     -> [train] the extra batch inputs a loss declares (``settings.inputs``, e.g. ``dist``:
@@ -42,11 +43,13 @@ files are loaded by the injected reader in MONAI's PIL convention (spatial axes 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     AsDiscreted,
     Compose,
@@ -74,11 +77,11 @@ from monai.transforms import (
 
 from pipeline.errors import DataError
 from pipeline.registry import BATCH_INPUTS
-from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, SelectChannelsd
+from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, RecordSpacingd, SelectChannelsd
 from transforms.instances import InstanceLabeld, InstanceTargetsd
-from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
+from transforms.keys import FOV, IMAGE, INSTANCE, LABEL, LABEL_SPACING
 
-__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES"]
+__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "without_metadata", "MODES"]
 
 MODES = ("train", "val", "infer")
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
@@ -96,16 +99,48 @@ def find_data_error(err: BaseException) -> DataError | None:
     return None
 
 
+@contextmanager
+def without_metadata() -> Iterator[None]:
+    """MONAI's metadata tracking off (``set_track_meta(False)``) for the block, then as it was."""
+    before = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(before)
+
+
 class Chain(Compose):
-    """MONAI ``Compose`` that lets a :class:`DataError` through unwrapped.
+    """MONAI ``Compose`` that lets a :class:`DataError` through unwrapped, and runs the transforms
+    from index ``untracked_from`` on without MONAI's metadata.
 
     ``Compose`` re-raises every transform error as ``RuntimeError("applying transform ...")``;
     a bad file should reach the CLI as the one-line ``DataError`` that names it.
+
+    ``untracked_from`` (the training chain's first random transform; ``None`` elsewhere): from
+    there MONAI's transforms return plain tensors instead of ``MetaTensor``, skipping the
+    affine update and ``applied_operations`` record every transform makes for every crop.
+    Training crops are never inverted and the trainer unwraps them anyway, and the same seed gives
+    the same arrays (``tests/test_transforms_chains.py``); what a later transform needs from the
+    metadata is recorded before (:class:`~transforms.dictionary.RecordSpacingd`). Measured
+    (``bench/throughput.py --phases``, one thread): the random part of ``demo_vessel2d``'s chain
+    (4 crops of 96² per case, rotate, zoom, flip, intensity, distance maps) took 20-24 ms of CPU
+    per case with metadata and 8-9 ms without. MONAI's flag is process-wide: the random part runs
+    in one thread at a time (the training loop's, or each loader worker process's); the cache is
+    filled, with metadata, before.
     """
+
+    untracked_from: int | None = None
 
     def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy=None):
         try:
-            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
+            split = self.untracked_from
+            if split is None or (end is not None and end <= split) or not get_track_meta():
+                return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
+            if start < split:
+                input_ = super().__call__(input_, start=start, end=split, threading=threading, lazy=lazy)
+            with without_metadata():
+                return super().__call__(input_, start=max(start, split), end=end, threading=threading, lazy=lazy)
         except RuntimeError as err:
             data_error = find_data_error(err)
             if data_error is None:
@@ -329,6 +364,7 @@ def build_transforms(
         patch = s.patch_size
         ratio = s.pos_neg_ratio
         chain += [
+            RecordSpacingd(LABEL),  # the spacing of the grid, for the untracked transforms below
             SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True),
             FgBgToIndicesd(LABEL),
             RandCropByPosNegLabeld(
@@ -348,10 +384,14 @@ def build_transforms(
         # extra inputs last: computed on the augmented patch (exact, and cheaper than carrying
         # cached maps through rotation and zoom; see transforms.dictionary.SignedDistanceMapd)
         chain += inputs
+        chain.append(DeleteItemsd([LABEL_SPACING]))
     if mode != "infer" and s.instance is not None:
         # the 3-class target of the (augmented) id map, in `label`: the losses apply unchanged
         width, border = s.instance["border_width"], s.instance["border"]
         chain.append(InstanceTargetsd(INSTANCE, LABEL, None, border_width=width, border=border))
     typed = [*loaded, *s.inputs] if mode != "infer" else [IMAGE]
     chain.append(EnsureTyped(typed, dtype=torch.float32, allow_missing_keys=True))
-    return Chain(chain)
+    out = Chain(chain)
+    if mode == "train":
+        out.untracked_from = next(i for i, t in enumerate(chain) if isinstance(t, RandCropByPosNegLabeld))
+    return out

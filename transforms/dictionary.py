@@ -22,9 +22,17 @@ from monai.utils import ensure_tuple_rep
 from pipeline.errors import DataError, list_some
 from pipeline.registry import BATCH_INPUTS
 from transforms.array import MapLabels, MeanFilter, SelectChannels, SignedDistanceMap
-from transforms.keys import CASE, DIST, FOV, IMAGE, INSTANCE, LABEL
+from transforms.keys import CASE, DIST, FOV, IMAGE, INSTANCE, LABEL, LABEL_SPACING
 
-__all__ = ["MeanFilterd", "ImageReader", "LoadCased", "SelectChannelsd", "MapLabelsd", "SignedDistanceMapd"]
+__all__ = [
+    "MeanFilterd",
+    "ImageReader",
+    "LoadCased",
+    "SelectChannelsd",
+    "MapLabelsd",
+    "SignedDistanceMapd",
+    "RecordSpacingd",
+]
 
 # ============================================================================ mean filter (data helper)
 
@@ -322,6 +330,8 @@ class SignedDistanceMapd(MapTransform):
         dist_keys: output key per input key, default ``"dist"`` (``transforms.keys.DIST``).
         backend: ``"auto"``, ``"edt"`` or ``"scipy"``.
         allow_missing_keys: don't raise when a key is missing.
+        spacing_key: where ``spacing=None`` reads the spacing first (:class:`RecordSpacingd`'s
+            output, for chains whose random part runs without metadata); else the label's ``pixdim``.
 
     Example:
         >>> import numpy as np
@@ -340,21 +350,56 @@ class SignedDistanceMapd(MapTransform):
         dist_keys: KeysCollection = DIST,
         backend: str = "auto",
         allow_missing_keys: bool = False,
+        spacing_key: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.dist_keys = ensure_tuple_rep(dist_keys, len(self.keys))
+        self.spacing_key = spacing_key
         self.transform = SignedDistanceMap(num_classes=num_classes, spacing=spacing, backend=backend)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
+        recorded = d.get(self.spacing_key) if self.spacing_key is not None and self.transform.spacing is None else None
         for key, dist_key in self.key_iterator(d, self.dist_keys):
-            d[dist_key] = self.transform(d[key])
+            d[dist_key] = self.transform(d[key], spacing=recorded)
+        return d
+
+
+class RecordSpacingd(MapTransform):
+    """Store the voxel spacing of ``keys`` (a ``MetaTensor``'s ``pixdim``) under ``spacing_key``.
+
+    Deterministic, so a cache keeps it. The training chain puts it before its random transforms,
+    which run without MONAI's metadata (:class:`transforms.chains.Chain`), so that a later
+    transform that measures in physical units (:class:`SignedDistanceMapd`) still has the
+    spacing: the spacing of the training grid before any zoom (a zoom rescales the affine, and
+    the boundary loss measures in the grid the network sees). Nothing is stored for a plain array.
+
+    Example:
+        >>> from monai.data import MetaTensor
+        >>> label = MetaTensor(torch.zeros(1, 4, 4), affine=torch.diag(torch.tensor([0.5, 2.0, 1.0, 1.0])))
+        >>> RecordSpacingd()({"label": label})["label_spacing"]
+        (0.5, 2.0)
+    """
+
+    def __init__(self, keys: KeysCollection = LABEL, spacing_key: str = LABEL_SPACING) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.spacing_key = spacing_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, MetaTensor):
+                d[self.spacing_key] = tuple(float(v) for v in value.pixdim.tolist()[: value.ndim - 1])
         return d
 
 
 @BATCH_INPUTS.register(DIST)
 def _distance_input(settings: Any) -> SignedDistanceMapd:
     """``dist`` for a loss that declares it (the boundary loss): signed distance maps of the
-    augmented crop's label, in the training grid's spacing (the resampling target in 3D, else
-    the label's own: 1 per pixel in 2D)."""
-    return SignedDistanceMapd(LABEL, num_classes=settings.num_classes, spacing=settings.spacing)
+    augmented crop's label, in the training grid's spacing: the resampling target in 3D, else the
+    label's own as :class:`RecordSpacingd` recorded it before the random transforms (so before
+    any zoom; 1 per pixel for images without a spacing)."""
+    return SignedDistanceMapd(
+        LABEL, num_classes=settings.num_classes, spacing=settings.spacing, spacing_key=LABEL_SPACING
+    )

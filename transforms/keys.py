@@ -33,6 +33,11 @@ DIST = "dist"
 background included): negative inside the class, 0 on its inner boundary, positive outside,
 in physical units (the image spacing); all zeros for a class that is absent or fills the image."""
 
+LABEL_SPACING = "label_spacing"
+"""The label's voxel spacing, a tuple of one float per spatial axis, recorded in the training chain before the
+random transforms, which run without MONAI's metadata (see :class:`transforms.chains.Chain`);
+dropped before collation."""
+
 CASE = "case"
 """Case identifier (a string), used to name outputs."""
 

@@ -228,6 +228,12 @@ def check_patch_size(patch_size: Sequence[int], sizes: Sequence[Sequence[int]]) 
     )
 
 
+CACHED_PREFIX_VERSION = 2
+"""Bumped when the deterministic (cached) part of the chains changes without a config change, so
+a disk cache of the old part is not served: 2 = the training chain records the label's spacing
+(``transforms.dictionary.RecordSpacingd``) for its random part, which runs without metadata."""
+
+
 def cache_digest(config: Config) -> str:
     """A short digest of the settings that shape cached arrays.
 
@@ -237,6 +243,7 @@ def cache_digest(config: Config) -> str:
     shaping = {k: config.to_dict()[k] for k in ("transforms", "network")}
     if config.get("task", {}).get("kind") == "instance":  # the instance targets are part of the chain
         shaping["task"] = {k: config["task"][k] for k in ("kind", "target", "border_width", "border")}
+    shaping["cached_prefix"] = CACHED_PREFIX_VERSION
     return hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -91,6 +91,12 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+CURVES_EVERY_S = 30.0
+"""``curves.png`` is redrawn at most this often (seconds) and at the end of :meth:`Trainer.fit`:
+matplotlib takes about 0.2 s of CPU per drawing, 4 % of a 4-step epoch of ``demo_vessel2d`` on
+one CPU thread when it validates every epoch (``bench/throughput.py --phases``, ``epoch_end``)."""
+
+
 class Trainer:
     """Train a segmentation network with periodic sliding-window validation.
 
@@ -183,6 +189,7 @@ class Trainer:
         self._session_start = 0.0
         self._best_pending = False
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted run stopped in its epoch
+        self._curves_pending, self._curves_drawn = False, -math.inf
         self._tb = self._tensorboard() if train["tensorboard"] and self.is_main else None
 
     @property
@@ -327,6 +334,7 @@ class Trainer:
             f"{n_train} training / {n_val} validation case(s), patch {patch}, batch {train['batch_size']} x {crops} "
             f"crop(s), {self._steps_per_epoch()} steps per epoch, epochs {self.state.epoch + 1}-{self.epochs}"
             + (f", budget {self.time_budget:g} min" if self.time_budget is not None else "")
+            + (f", {str(self.amp_dtype).removeprefix('torch.')} autocast" if self.amp_dtype is not None else "")
         )
 
     def _steps_per_epoch(self) -> int:
@@ -449,10 +457,9 @@ class Trainer:
         if self.is_main:
             tqdm.write(self.epoch_line(record), file=sys.stdout)
             report.write_history(self.state.history, self.run_dir / "log.csv")
-            if f"val_{self.val_metric}" in record:
-                report.plot_curves(
-                    self.state.history, self.run_dir / "curves.png", self.val_metric, self.config["loss"]["name"]
-                )
+            self._curves_pending |= f"val_{self.val_metric}" in record
+            if self._curves_pending and time.perf_counter() - self._curves_drawn >= CURVES_EVERY_S:
+                self._draw_curves()
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
@@ -483,9 +490,18 @@ class Trainer:
         return "  ".join(parts)
 
     def on_train_end(self) -> None:
-        """Once per :meth:`fit`, also after an error or an interrupt: closes TensorBoard."""
+        """Once per :meth:`fit`, also after an error or an interrupt: draws ``curves.png`` if a
+        validation is not on it yet, closes TensorBoard."""
+        if self._curves_pending and self.is_main:
+            self._draw_curves()
         if self._tb is not None:
             self._tb.close()
+
+    def _draw_curves(self) -> None:
+        report.plot_curves(
+            self.state.history, self.run_dir / "curves.png", self.val_metric, self.config["loss"]["name"]
+        )
+        self._curves_drawn, self._curves_pending = time.perf_counter(), False
 
     # ------------------------------------------------------------------ loop
 
