@@ -476,7 +476,7 @@ def plan_config(
     val_every = max(1, epochs // validations)
     n_val = epochs // val_every + (1 if epochs % val_every else 0)
     predicted_s = startup_s + epochs * ipe * step_s + n_val * val_s
-    warmup = 1 if epochs >= 10 else 0
+    warmup = 0.05 if epochs * ipe >= 100 else 0.0  # a linear warm-up over 5 % of the run
 
     plan["network"] = {
         "name": _r(network, "--network"),
@@ -601,8 +601,8 @@ def plan_config(
         "weight_decay": _r(1e-4),
     }
     plan["scheduler"] = {
-        "name": _r("cosine"),
-        "warmup_epochs": _r(warmup, f"{'one epoch' if warmup else 'none'} of {epochs}"),
+        "name": _r("cosine", "decays to the run's last step, also when --time-budget shortens the run"),
+        "warmup": _r(warmup, f"fraction of the run: {round(warmup * epochs * ipe)} of {epochs * ipe} steps"),
     }
     measured = f"measured {m.step_s:.3f} s/step at {crops} crops of {patch}, peak {m.peak_gb:.2f} GB ({device})"
     plan["train"] = {
