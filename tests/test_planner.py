@@ -67,7 +67,7 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
     assert all(p <= s for p, s in zip(patch, fp["median_shape"], strict=True))
     assert cfg["train"]["batch_size"] * cfg["transforms"]["num_samples"] >= 2
     assert net["norm"] == "instance" and net["out_channels"] == len(fp["label_values"])
-    assert plan["_meta"]["predicted_minutes"] <= 5.0 and cfg["train"]["time_budget"] == 5.0
+    assert plan["_meta"]["predicted_minutes"] <= 5.0 and 4.0 < cfg["train"]["time_budget"] < 5.0  # less start-up
     assert "# " in text.splitlines()[-1] or "#" in text  # reasons are written
     assert "patch_size: " in text and "# median image" in text
     loss = cfg["loss"]

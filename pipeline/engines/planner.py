@@ -610,7 +610,11 @@ def plan_config(
         "iterations_per_epoch": _r(ipe, f"+{DATA_OVERHEAD:.0%} for data loading"),
         "batch_size": _r(batch_size, batch_reason),
         "val_every": _r(val_every, f"{n_val} validations of ~{val_s:.0f} s ({windows} windows at overlap {overlap})"),
-        "time_budget": _r(round(float(budget_minutes), 2), f"predicted run {predicted_s / 60:.1f} min incl. start-up"),
+        "time_budget": _r(
+            round(max(0.05, (budget_s - startup_s) / 60), 2),
+            f"the training clock (it starts after loading): the {budget_minutes:g} min budget less the predicted "
+            f"{startup_s:.0f} s start-up; predicted run {predicted_s / 60:.1f} min incl. start-up",
+        ),
         "device": _r(device, "the device the steps were timed on"),
     }
     if m.threads:

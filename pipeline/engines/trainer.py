@@ -334,7 +334,7 @@ class Trainer:
             reach = self.state.epoch + self.time_budget * 60 / (seconds / steps * self._steps_per_epoch())
             line += (
                 f"; warning: longer than train.time_budget ({self.time_budget:g} min), which stops it at about "
-                f"epoch {int(reach)} of {self.epochs}"
+                f"epoch {int(reach)} of {self.epochs}; the learning-rate schedule is fitted to it"
             )
         return line
 
