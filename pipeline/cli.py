@@ -128,7 +128,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", "--config", help="with --checkpoint: the config whose data to evaluate (default: the run's)")
     p.add_argument("--checkpoint", metavar="CKPT", help="run inference with this checkpoint first, on --split")
     p.add_argument(
-        "--split", default="test", choices=("train", "val", "test"), help="with --checkpoint (default: test)"
+        "--split", default=None, choices=("train", "val", "test"), help="with --checkpoint (default: test)"
+    )
+    p.add_argument(
+        "--data",
+        metavar="ROOT",
+        help="with --checkpoint: score every case of this dataset root (a held-out folder in the run's layout; no split)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --checkpoint: override config")
     p.add_argument("--device", help="with --checkpoint: auto, cpu, cuda, cuda:N")
@@ -167,12 +172,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                     f"{' and '.join(folder_only)}: only with --pred/--label folders; with --checkpoint the cases and "
                     "their FOV masks come from the config's data section"
                 )
+            if args.data and args.split:
+                raise MedsegError("--data scores every case of ROOT (no split): give --data or --split, not both")
             from pipeline.engines.predictor import evaluate_split
 
             evaluator = evaluate_split(
                 args.checkpoint,
                 args.output,
-                split=args.split,
+                split=args.split or "test",
+                data_root=args.data,
                 config_path=args.config,
                 overrides=args.set,
                 device=args.device,
@@ -184,6 +192,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 classes=args.classes,
                 progress=sys.stderr.isatty(),
             )
+        elif args.data:
+            p.error("--data needs --checkpoint (inference first)")
         elif not (args.pred and args.label):
             p.error("--pred and --label are required (or --checkpoint to run inference first)")
         else:

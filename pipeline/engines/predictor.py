@@ -15,6 +15,7 @@ e.g. 0/255 for DRIVE), so a prediction looks like the dataset's own labels.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -356,6 +357,14 @@ def _load_reference(config: Config, item: Mapping[str, Any]) -> tuple[np.ndarray
     return np.asarray(label)[0].astype(np.int64), spacing, fov
 
 
+def _all_labelled(config: Config) -> list[dict[str, Any]]:
+    """Every case of the config's dataset root that has a label (its own test set included), unsplit."""
+    from pipeline.data.datalist import read_dataset
+
+    dataset = read_dataset(config["data"])
+    return [item for item in [*dataset.items, *(dataset.test or [])] if item.get(keys.LABEL)]
+
+
 def evaluate_split(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
@@ -371,6 +380,7 @@ def evaluate_split(
     metrics: Iterable[str] | None = None,
     nsd_tolerance: float = 1.0,
     classes: Iterable[int] | None = None,
+    data_root: str | os.PathLike | None = None,
 ):
     """Run inference on a split of the configured dataset and evaluate it against its labels.
 
@@ -385,6 +395,8 @@ def evaluate_split(
         progress: a progress bar over cases.
         metrics / nsd_tolerance: as :class:`pipeline.engines.evaluator.Evaluator`.
         classes: foreground classes to report (default: every class of the network).
+        data_root: score every labelled case of this dataset root instead of a split (a held-out
+            folder in the config's layout: ``data.root`` replaced, no split, ``split`` ignored).
 
     Returns:
         The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
@@ -396,8 +408,17 @@ def evaluate_split(
     from pipeline.engines.evaluator import Evaluator, check_outputs
 
     base = None if config_path is not None else load_checkpoint(checkpoint)["config"]
+    if data_root is not None:
+        if not Path(data_root).is_dir():
+            raise MedsegError(f"--data {data_root}: not a folder")
+        overrides = [*overrides, f"data.root={json.dumps(str(data_root))}"]  # a JSON string is a YAML string
     config = fill_label_values(load_config(config_path, overrides, base=base))
-    items = load_datalist(config["data"]).get(split) or []
+    if data_root is not None:
+        items, split = _all_labelled(config), "every case"
+        if not items:
+            raise MedsegError(f"--data {data_root}: no labelled cases in the {config['data']['format']} layout")
+    else:
+        items = load_datalist(config["data"]).get(split) or []
     if not items:
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
     check_outputs(output, overwrite)
