@@ -127,13 +127,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="folder for per_case.csv and summary.json")
     p.add_argument("-c", "--config", help="with --checkpoint: the config whose data to evaluate (default: the run's)")
     p.add_argument("--checkpoint", metavar="CKPT", help="run inference with this checkpoint first, on --split")
-    p.add_argument(
-        "--split", default=None, choices=("train", "val", "test"), help="with --checkpoint (default: test)"
-    )
+    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="with --checkpoint (default: test)")
     p.add_argument(
         "--data",
         metavar="ROOT",
-        help="with --checkpoint: score every case of this dataset root (a held-out folder in the run's layout; no split)",
+        help="with --checkpoint: score every case of this dataset root (a held-out folder, the run's layout; no split)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --checkpoint: override config")
     p.add_argument("--device", help="with --checkpoint: auto, cpu, cuda, cuda:N")

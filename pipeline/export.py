@@ -49,6 +49,7 @@ from pipeline.engines import factory
 from pipeline.engines.checkpoint import load_checkpoint
 from pipeline.engines.inferer import flip_sets
 from pipeline.errors import MedsegError
+from transforms.chains import ct_normalisation
 
 __all__ = [
     "FORMATS",
@@ -307,7 +308,7 @@ def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = Fal
     classes = config.num_classes
     out_channels = int(config["network"]["out_channels"])
     mode = s["intensity"]["mode"]
-    relevant = {"zscore": ("nonzero",), "window": ("window", "clip")}.get(mode, ())
+    relevant = {"zscore": ("nonzero",), "window": ("window", "clip"), "ct": ("window", "mean", "std")}.get(mode, ())
     intensity: dict[str, Any] = {"mode": mode, **{k: s["intensity"][k] for k in relevant}}
     if mode == "zscore":
         intensity.update(
@@ -320,6 +321,13 @@ def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = Fal
             statistics=f"fixed: [{low}, {high}] -> [0, 1]",
             monai={"_target_": "ScaleIntensityRanged", "a_min": low, "a_max": high, "b_min": 0.0, "b_max": 1.0,
                    "clip": intensity["clip"]},
+        )  # fmt: skip
+    elif mode == "ct":
+        intensity.update(
+            statistics=f"fixed (dataset foreground): clip to {intensity['window']}, then (x - {intensity['mean']:g}) "
+            f"/ {intensity['std']:g}",
+            monai={"_target_": "ScaleIntensityRanged", **ct_normalisation(intensity["window"], intensity["mean"],
+                                                                          intensity["std"])},
         )  # fmt: skip
     elif mode == "minmax":
         intensity.update(

@@ -414,6 +414,7 @@ def test_bundle_converter_is_medseg_normalise_mode():
         ({"channels": [1], "intensity": {"mode": "minmax"}}, ".png"),
         ({"channels": [2, 0], "intensity": {"mode": "zscore", "nonzero": True}}, ".tif"),
         ({"intensity": {"mode": "window", "window": [20.0, 200.0]}}, ".png"),
+        ({"intensity": {"mode": "ct", "window": [20.0, 200.0], "mean": 90.0, "std": 40.0}}, ".png"),
     ],
 )
 def test_bundle_preprocessing_is_medseg_infer_chain(tmp_path, transforms_cfg, suffix):

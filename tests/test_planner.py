@@ -80,10 +80,14 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
     else:
         assert loss["name"] == "dice_ce"
     if kind in ("lung", "vessel3d"):
-        assert cfg["transforms"]["intensity"]["mode"] == "window"
-        lo, hi = cfg["transforms"]["intensity"]["window"]
+        # nnU-Net's CTNormalization: clip to the foreground percentiles, z-score with foreground statistics
+        intensity = cfg["transforms"]["intensity"]
+        assert intensity["mode"] == "ct"
+        lo, hi = intensity["window"]
         assert lo == pytest.approx(fp["intensity"][0]["p00_5"], abs=0.1)
         assert hi == pytest.approx(fp["intensity"][0]["p99_5"], abs=0.1)
+        assert intensity["mean"] == pytest.approx(fp["intensity"][0]["mean"], abs=0.01)
+        assert intensity["std"] == pytest.approx(fp["intensity"][0]["std"], abs=0.01)
     else:
         assert cfg["transforms"]["intensity"]["mode"] == "zscore"
     if kind == "vessel2d":

@@ -209,3 +209,17 @@ def test_settings_defaults_and_mode_check():
         resolve({"network": NET2D, "transforms": {"spacing": [1.0, 1.0, 1.0]}})
     with pytest.raises(ValueError, match="unknown batch input 'nope'"):
         build({"network": NET2D}, "train", inputs=("nope",))
+
+
+def test_ct_mode_clips_to_the_window_then_z_scores_with_the_dataset_statistics():
+    """transforms.intensity.mode ct (what medseg plan writes for CT) is nnU-Net's CTNormalization."""
+    from transforms.chains import _intensity, ct_normalisation
+
+    hu = torch.tensor([[-2000.0, -1000.0, -600.0, -100.0, 3000.0]])
+    args = ct_normalisation([-1000.0, -100.0], mean=-700.0, std=150.0)
+    settings = type("S", (), {"intensity": {"mode": "ct", "window": [-1000.0, -100.0], "mean": -700.0, "std": 150.0}})
+    (transform,) = _intensity(settings)
+    out = transform({"image": hu})["image"]
+    expected = (hu.clamp(-1000.0, -100.0) + 700.0) / 150.0
+    torch.testing.assert_close(torch.as_tensor(out), expected)
+    assert args["b_min"] == pytest.approx(-2.0) and args["b_max"] == pytest.approx(4.0) and args["clip"]

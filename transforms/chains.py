@@ -6,7 +6,8 @@ One chain per mode, for 2D and 3D::
     -> [3D] Orientationd (RAS) -> [3D] Spacingd (transforms.spacing)
     -> SelectChannelsd (transforms.channels, e.g. DRIVE's green [1])
     -> [train] CropForegroundd (transforms.crop_foreground)
-    -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
+    -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window; ct: clip + dataset z-score)
+                  | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
@@ -74,7 +75,7 @@ from pipeline.registry import BATCH_INPUTS
 from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, SelectChannelsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL
 
-__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES"]
+__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MODES", "ct_normalisation"]
 
 MODES = ("train", "val", "infer")
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
@@ -173,6 +174,14 @@ def _grid(keys: Sequence[str]) -> list[str]:
     return ["bilinear" if k == IMAGE else "nearest" for k in keys]
 
 
+def ct_normalisation(window: Sequence[float], mean: float, std: float) -> dict[str, float]:
+    """nnU-Net's CTNormalization as ``ScaleIntensityRanged`` arguments: clip to ``window`` (the
+    dataset's foreground 0.5/99.5 percentiles), then ``(x - mean) / std`` with the dataset's
+    foreground statistics (one linear map: ``[low, high] -> [(low - mean) / std, (high - mean) / std]``)."""
+    low, high = (float(v) for v in window)
+    return {"a_min": low, "a_max": high, "b_min": (low - mean) / std, "b_max": (high - mean) / std, "clip": True}
+
+
 def _intensity(s: ChainSettings) -> list[Transform]:
     mode, icfg = s.intensity["mode"], s.intensity
     if mode == "zscore":
@@ -180,6 +189,8 @@ def _intensity(s: ChainSettings) -> list[Transform]:
     if mode == "window":
         low, high = icfg["window"]
         return [ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=icfg["clip"])]
+    if mode == "ct":
+        return [ScaleIntensityRanged(IMAGE, **ct_normalisation(icfg["window"], icfg["mean"], icfg["std"]))]
     if mode == "minmax":
         return [ScaleIntensityd(IMAGE, minv=0.0, maxv=1.0, channel_wise=True)]
     return []

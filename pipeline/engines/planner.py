@@ -561,9 +561,10 @@ def plan_config(
         st = fp["intensity"][keep[0]]
         lo, hi = round(st["p00_5"], 1), round(st["p99_5"], 1)
         t["intensity"] = {
-            "mode": _r("window", "CT: clip to the foreground 0.5-99.5 % and map linearly (nnU-Net's CT scheme)"),
-            "window": _r([lo, hi], f"foreground HU percentiles; foreground mean {st['mean']:.1f} std {st['std']:.1f}"),
-            "clip": _r(True),
+            "mode": _r("ct", "CT: clip to the foreground 0.5-99.5 %, z-score with the foreground statistics (nnU-Net)"),
+            "window": _r([lo, hi], "foreground HU percentiles 0.5 / 99.5 over the dataset"),
+            "mean": _r(round(st["mean"], 2), "foreground HU mean over the dataset"),
+            "std": _r(round(max(st["std"], 1e-3), 2), "foreground HU std over the dataset"),
         }
     else:
         t["intensity"] = {"mode": _r("zscore", f"{', '.join(sorted(set(modality)))}: per-case z-score (nnU-Net)")}
