@@ -283,6 +283,12 @@ def test_spec_of_a_ct_config_names_window_and_channels(tmp_path):
     }  # fmt: skip
     assert spec["sliding_window"]["mode"] == "constant" and spec["tta"]["flips"] == [[]]
     assert spec["classes"] == {"num_classes": 3, "label_values": [0, 1, 2]}
+    flipped = resolve({
+        "network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+        "transforms": {"augment": {"flip": {"prob": 0.5, "axes": [1]}}},
+        "infer": {"tta": True, "roi_size": [64, 64]},
+    })  # fmt: skip
+    assert processing_spec(flipped, "model.onnx")["tta"]["flips"] == [[], [3]]  # the axes training flips
     assert spec["model"]["size_divisor"] == 2 and spec["postprocessing"]["activation"] == "softmax over K"
 
 

@@ -588,7 +588,10 @@ def plan_config(
     t["augment"] = {
         "rotate": {"prob": _r(0.2), "degrees": rotate},
         "scale": {"prob": _r(0.2), "range": _r([0.7, 1.4], "nnU-Net's zoom range")},
-        "flip": {"prob": _r(0.5, "every axis")},
+        "flip": {
+            "prob": _r(0.5),
+            "axes": _r(None, "every axis, thick-slice ones included (nnU-Net); flip TTA mirrors the same axes"),
+        },
         "elastic": {"prob": _r(0.0, "off: costly on CPU and marginal (nnU-Net turned it off)")},
     }
     plan["transforms"] = t

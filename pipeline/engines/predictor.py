@@ -170,6 +170,7 @@ class Predictor:
                 mode=self.infer["mode"],
                 sw_batch_size=self.infer["sw_batch_size"] or "auto",
                 tta=self.infer["tta"],
+                tta_axes=self.config["transforms"]["augment"]["flip"]["axes"],  # the axes training flips
                 compile=self.infer["compile"],
                 amp_dtype=self.amp_dtype,
                 device=self.device,
