@@ -69,6 +69,8 @@ ANISOTROPY = 3.0
 MIN_FEATURE_MAP = 4
 #: Share of the measured step time added for data loading and augmentation on the same cores.
 DATA_OVERHEAD = 0.15
+#: How many times the steps that the timing says fit the run is planned for (the budget ends it).
+OVERPLAN = 2.0
 NETWORKS = ("unet", "resunet", "denseunet")
 #: Skeleton voxels per foreground voxel above which a structure counts as thin (about 1 / width).
 THIN_SKELETON_RATIO = 0.15
@@ -470,12 +472,17 @@ def plan_config(
     train_s = budget_s - startup_s
     validations = int(max(1, min(10, 0.2 * train_s // max(val_s, 1e-6))))
     total_iters = max(10, int((train_s - validations * val_s) // step_s))
-    epochs = int(min(50, max(5, total_iters // 20)))
+    # the run is planned OVERPLAN times longer than the timing says fits, and train.time_budget
+    # ends it: the trainer fits the schedule to the steps that really fit (measured over its own
+    # first steps), so a timing taken on a loaded machine (2x off either way here) neither wastes
+    # the budget nor overruns it
+    planned_iters = int(total_iters * OVERPLAN)
+    epochs = int(min(50, max(5, planned_iters // 20)))
     epochs = max(validations, epochs - epochs % validations) if validations > 1 else epochs
-    ipe = max(1, total_iters // epochs)
+    ipe = max(1, planned_iters // epochs)
     val_every = max(1, epochs // validations)
     n_val = epochs // val_every + (1 if epochs % val_every else 0)
-    predicted_s = startup_s + epochs * ipe * step_s + n_val * val_s
+    predicted_s = startup_s + min(epochs * ipe * step_s + n_val * val_s, train_s)
     warmup = 0.05 if epochs * ipe >= 100 else 0.0  # a linear warm-up over 5 % of the run
 
     plan["network"] = {
@@ -610,14 +617,18 @@ def plan_config(
     }
     measured = f"measured {m.step_s:.3f} s/step at {crops} crops of {patch}, peak {m.peak_gb:.2f} GB ({device})"
     plan["train"] = {
-        "epochs": _r(epochs, f"{total_iters} steps fit: {measured}"),
+        "epochs": _r(
+            epochs,
+            f"{total_iters} steps fit: {measured}; planned {OVERPLAN:g}x as many, train.time_budget ends the run "
+            "and the schedule is fitted to the steps that do",
+        ),
         "iterations_per_epoch": _r(ipe, f"+{DATA_OVERHEAD:.0%} for data loading"),
         "batch_size": _r(batch_size, batch_reason),
         "val_every": _r(val_every, f"{n_val} validations of ~{val_s:.0f} s ({windows} windows at overlap {overlap})"),
         "time_budget": _r(
-            round(max(0.05, (budget_s - startup_s) / 60), 2),
+            round(max(0.05, (train_s - min(val_s, 0.1 * train_s)) / 60), 2),
             f"the training clock (it starts after loading): the {budget_minutes:g} min budget less the predicted "
-            f"{startup_s:.0f} s start-up; predicted run {predicted_s / 60:.1f} min incl. start-up",
+            f"{startup_s:.0f} s start-up and the last validation; predicted run {predicted_s / 60:.1f} min",
         ),
         "device": _r(device, "the device the steps were timed on"),
     }

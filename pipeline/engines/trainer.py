@@ -175,7 +175,8 @@ class Trainer:
         self._windows = WindowCache()  # validation images repeat every epoch: their window plans too
         self._session_start = 0.0
         self._best_pending = False
-        self._steps_at_start, self._fitted_steps = 0, None
+        self._fitted_steps: int | None = None
+        self._rate_origin: tuple[float, int] | None = None
         self._tb = self._tensorboard() if train["tensorboard"] and self.is_main else None
 
     @property
@@ -298,7 +299,7 @@ class Trainer:
         """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder."""
         self._session_start = time.perf_counter() - self.state.elapsed
         self._first_epoch, self._elapsed_at_start = self.state.epoch, self.state.elapsed
-        self._steps_at_start, self._fitted_steps = self.state.steps, None
+        self._fitted_steps, self._rate_origin = None, None
         self._budget_hit = False
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -470,7 +471,10 @@ class Trainer:
             parts.append(f"val {self.val_metric} {record[column]:.4f}{classes}")
         parts += [f"lr {record['lr']:.2e}", f"{per_epoch:.1f} s/epoch"]
         if epoch < self.epochs:
-            parts.append(f"ETA {per_epoch * (self.epochs - epoch) / 60:.1f} min")
+            eta = per_epoch * (self.epochs - epoch)
+            if self.time_budget is not None:  # the budget ends it first
+                eta = min(eta, max(0.0, self.time_budget * 60 - self.state.elapsed))
+            parts.append(f"ETA {eta / 60:.1f} min")
         return "  ".join(parts)
 
     def on_train_end(self) -> None:
@@ -531,6 +535,8 @@ class Trainer:
     def _advance_schedules(self) -> None:
         """After each optimisation step: the learning rate and the loss weights move to the next step."""
         self.state.steps += 1
+        if self._rate_origin is None:  # the session's rate is timed from its first step on (not start-up)
+            self._rate_origin = (time.perf_counter(), self.state.steps)
         if self.scheduler is not None:
             self.scheduler.step()
         self._loss_progress()
@@ -548,16 +554,15 @@ class Trainer:
 
     def _fit_to_budget(self, seconds_per_step: float | None = None) -> None:
         """Shorten the schedules to the steps that ``train.time_budget`` leaves room for, at the
-        measured rate (``seconds_per_step``, else this session's wall time per step, validation
-        and checkpoints included), so the learning rate reaches the end of its curve when time
+        measured rate (``seconds_per_step``, else this session's wall time per step since its first
+        step, validation and checkpoints included), so the learning rate reaches the end of its curve when time
         runs out instead of the run stopping mid-warm-up; never longer than ``train.epochs``.
         Every DDP rank takes the shortest estimate, so their rates stay equal."""
         now = time.perf_counter()
-        session_steps = self.state.steps - self._steps_at_start
         if seconds_per_step is None:
-            if session_steps < 1:
+            if self._rate_origin is None or self.state.steps <= self._rate_origin[1]:
                 return
-            seconds_per_step = (now - self._session_start - self._elapsed_at_start) / session_steps
+            seconds_per_step = (now - self._rate_origin[0]) / (self.state.steps - self._rate_origin[1])
         left = self.time_budget * 60 - (now - self._session_start)
         fit = self.state.steps + max(1, int(left / max(seconds_per_step, 1e-9)))
         total = min(self.epochs * self._steps_per_epoch(), fit)
