@@ -92,6 +92,8 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
         assert cfg["transforms"]["intensity"]["mode"] == "zscore"
     if kind == "vessel2d":
         assert cfg["transforms"]["label_values"] == [0.0, 255.0]
+    # lung labels lungs and nodules: foreground crops shared by class, not by voxel count
+    assert cfg["transforms"]["class_balanced"] is (len(fp["label_values"]) > 2)
 
 
 def test_slower_device_gets_smaller_patch_and_fewer_steps_fit(fps):

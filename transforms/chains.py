@@ -10,6 +10,7 @@ One chain per mode, for 2D and 3D::
                   | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
     -> [train] SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
+               | RandCropByLabelClassesd (class_balanced: foreground crops shared evenly by class)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
     -> [train] the extra batch inputs a loss declares (``settings.inputs``, e.g. ``dist``:
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 from monai.transforms import (
     AsDiscreted,
+    ClassesToIndicesd,
     Compose,
     CropForegroundd,
     DeleteItemsd,
@@ -57,6 +59,7 @@ from monai.transforms import (
     Rand2DElasticd,
     Rand3DElasticd,
     RandAdjustContrastd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -79,6 +82,7 @@ __all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "MOD
 
 MODES = ("train", "val", "infer")
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
+_CLS = f"{LABEL}_cls_indices"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -140,6 +144,9 @@ class ChainSettings:
         crop_foreground: ``{enabled, threshold, margin}``.
         num_samples: random crops per image per step.
         pos_neg_ratio: crops centred on foreground : background.
+        class_balanced: with two or more foreground classes, the foreground crops are shared
+            evenly between the classes (nnU-Net's foreground oversampling picks a class first),
+            not by voxel count, so a rare class (nodules beside lungs) is seen as often as a large one.
         augment: the augmentation settings (``rotate``, ``scale``, ``flip``, ``elastic``,
             ``gamma``, ``noise``, ``contrast``), each with a ``prob``.
         inputs: extra batch inputs to compute after label mapping (names registered in
@@ -161,6 +168,7 @@ class ChainSettings:
     pos_neg_ratio: float
     augment: Mapping[str, Any]
     inputs: tuple[str, ...] = ()
+    class_balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -330,22 +338,40 @@ def build_transforms(
         keys = loaded
         patch = s.patch_size
         ratio = s.pos_neg_ratio
-        chain += [
-            SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True),
-            FgBgToIndicesd(LABEL),
-            RandCropByPosNegLabeld(
-                keys,
-                label_key=LABEL,
-                spatial_size=patch,
-                pos=ratio,
-                neg=1.0,
-                num_samples=s.num_samples,
-                fg_indices_key=_FG,
-                bg_indices_key=_BG,
-                allow_missing_keys=True,
-            ),
-            DeleteItemsd([_FG, _BG]),
-        ]
+        chain.append(SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True))
+        if s.class_balanced and s.num_classes > 2:
+            k = s.num_classes
+            chain += [
+                ClassesToIndicesd(LABEL, indices_postfix="_cls_indices", num_classes=k),
+                RandCropByLabelClassesd(
+                    keys,
+                    label_key=LABEL,
+                    spatial_size=patch,
+                    ratios=[1.0] + [ratio / (k - 1)] * (k - 1),  # background : each foreground class
+                    num_classes=k,
+                    num_samples=s.num_samples,
+                    indices_key=_CLS,
+                    allow_missing_keys=True,
+                    warn=False,  # a class absent from a case gets no crops there
+                ),
+                DeleteItemsd([_CLS]),
+            ]
+        else:
+            chain += [
+                FgBgToIndicesd(LABEL),
+                RandCropByPosNegLabeld(
+                    keys,
+                    label_key=LABEL,
+                    spatial_size=patch,
+                    pos=ratio,
+                    neg=1.0,
+                    num_samples=s.num_samples,
+                    fg_indices_key=_FG,
+                    bg_indices_key=_BG,
+                    allow_missing_keys=True,
+                ),
+                DeleteItemsd([_FG, _BG]),
+            ]
         chain += _augment(s, keys)
         # extra inputs last: computed on the augmented patch (exact, and cheaper than carrying
         # cached maps through rotation and zoom; see transforms.dictionary.SignedDistanceMapd)

@@ -141,6 +141,9 @@ def transforms_schema() -> Section:
             ),
             "num_samples": Field(int, 2, minimum=1, help="random crops per image per step"),
             "pos_neg_ratio": Field(float, 1.0, minimum=0.0, help="crops centred on foreground : background"),
+            "class_balanced": Field(
+                bool, False, help="foreground crops shared evenly by class, not by voxel count (2+ foreground classes)"
+            ),
             "augment": augment,
         },
         help="load, normalise, crop and augment",

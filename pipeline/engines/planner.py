@@ -582,6 +582,11 @@ def plan_config(
     t["pos_neg_ratio"] = _r(
         2.0 if fg < 0.01 else 1.0, f"foreground is {fg:.2%} of voxels" + (": oversample it" if fg < 0.01 else "")
     )
+    if classes > 2:
+        shares = ", ".join(f"{fp['class_frequency'][str(v)]:.2%}" for v in values[1:])
+        t["class_balanced"] = _r(
+            True, f"{classes - 1} foreground classes ({shares} of voxels): crops shared evenly by class (nnU-Net)"
+        )
     aniso = dims == 3 and max(spacing) > ANISOTROPY * min(spacing)
     if dims == 2:
         rotate = _r([180.0], "2D: any in-plane angle")
