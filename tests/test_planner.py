@@ -168,3 +168,21 @@ def test_measured_thread_count_is_planned(fps):
     assert plan["train"]["threads"].value == 1
     assert "1: 0.100 s, 2: 0.900 s" in plan["train"]["threads"].reason
     assert "threads" not in plan_config(fps["cell"], budget_minutes=5, measure=fake_measure)["train"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "size"), [("lung", (37, 45, 17)), ("vessel3d", (29, 41, 23)), ("cell", 53)])
+def test_plans_of_odd_shapes_train(tmp_path, monkeypatch, kind, size):
+    """Odd, non-cubic shapes (a 17-slice lung): the plan's patch, strides and window fit
+    and a planned config trains a step (any run length: one epoch of one step)."""
+    monkeypatch.setattr(planner, "measure_step", fake_measure)
+    monkeypatch.chdir(tmp_path)
+    root = make_dataset(kind, tmp_path / "data", n=5, seed=2, size=size)
+    out = tmp_path / "plan.yaml"
+    assert cli.main(["plan", str(root), "--budget-minutes", "1", "--output", str(out)]) == 0
+    cfg = load_config(out)
+    assert all(p <= s for p, s in zip(cfg["transforms"]["patch_size"], cfg["infer"]["roi_size"], strict=True))
+    argv = ["train", "-c", str(out), "--output", str(tmp_path / "run"), "--set", "train.tensorboard=false"]
+    for s in ["train.epochs=1", "train.iterations_per_epoch=1", "train.num_workers=0"]:
+        argv += ["--set", s]
+    assert cli.main(argv) == 0
