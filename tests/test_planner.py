@@ -186,3 +186,13 @@ def test_plans_of_odd_shapes_train(tmp_path, monkeypatch, kind, size):
     for s in ["train.epochs=1", "train.iterations_per_epoch=1", "train.num_workers=0"]:
         argv += ["--set", s]
     assert cli.main(argv) == 0
+
+
+def test_topology_treats_a_float32_two_to_one_spacing_as_two():
+    """3.5416667 / 7.083333 mm (float32 pixdim) is 2:1 as nnU-Net reads it: no pooling and kernel 1
+    along the thick axis at the first level, whichever side of 2 the rounding falls."""
+    for thick in (7.083333, 7.0833335, 7.083334):
+        strides, kernels, _ = topology([3.5416667, 3.5416667, thick], [40, 40, 24])
+        assert strides[0] == [2, 2, 1] and kernels[0] == [3, 3, 1], thick
+    strides, kernels, _ = topology([3.5, 3.5, 6.9], [40, 40, 24])  # under 2:1: pooled from the start
+    assert strides[0] == [2, 2, 2] and kernels[0] == [3, 3, 3]

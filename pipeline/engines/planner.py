@@ -125,6 +125,13 @@ def target_spacing(fp: Mapping[str, Any]) -> tuple[list[float], str]:
     return [round(float(t), 5) for t in target], reason
 
 
+def _under_twice(spacing: float, finest: float) -> bool:
+    """``spacing < 2 × finest``, nnU-Net's test, with a relative tolerance of 1e-4: spacings
+    stored as float32 (NIfTI pixdim) put an exact 2:1 (0.5 / 1.0 mm, 3.54 / 7.08 mm) on either
+    side of 2 by rounding alone, and nnU-Net, reading the same header, sees 2.0."""
+    return spacing < 2 * finest * (1 - 1e-4)
+
+
 def topology(
     spacing: Sequence[float], patch: Sequence[int], max_levels: int = MAX_LEVELS
 ) -> tuple[list[list[int]], list[list[int]], list[int]]:
@@ -148,11 +155,11 @@ def topology(
         if not valid:
             break
         finest = min(cur_spacing[i] for i in valid)
-        valid = [i for i in valid if cur_spacing[i] / finest < 2]
+        valid = [i for i in valid if _under_twice(cur_spacing[i], finest)]
         if len(valid) == 1 and cur_size[valid[0]] < 3 * MIN_FEATURE_MAP:
             break
         for d in range(dims):
-            if cur_spacing[d] / min(cur_spacing) < 2:
+            if _under_twice(cur_spacing[d], min(cur_spacing)):
                 kernel[d] = 3
         step = [2 if i in valid else 1 for i in range(dims)]
         for i in valid:
