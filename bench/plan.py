@@ -27,6 +27,9 @@ Measured (2-core CPU shared with other jobs, load average 4-6; 20 synthetic case
 its 250-iteration epochs cannot stop inside a 2-minute budget). On this machine one torch
 thread ran a step 5-44x faster than two (oversubscribed OpenMP), which the planner now measures.
 
+10-minute figures (planned configs, real / predicted time and per-class Dice columns):
+bench/README.md, "Planning".
+
 Usage:
     PYTHONPATH=. python bench/plan.py                                 # smoke: cell, 2 min
     PYTHONPATH=. python bench/plan.py --kinds vessel2d cell lung vessel3d --budgets 5 10 20
