@@ -507,8 +507,9 @@ class Trainer:
                 if first and self.is_main and done == min(4, total) and done > 1:
                     torch.stack(losses[-1:]).sum().item()  # wait for the device before reading the clock
                     tqdm.write(self._estimate(done - 1, time.perf_counter() - timed_from), file=sys.stdout)
-                    if self.time_budget is not None:
-                        self._fit_to_budget((time.perf_counter() - timed_from) / (done - 1))
+                if first and self.time_budget is not None and done == min(4, total) and done > 1:
+                    torch.stack(losses[-1:]).sum().item()
+                    self._fit_to_budget((time.perf_counter() - timed_from) / (done - 1))  # every rank: it all-reduces
                 if self._out_of_time(done):
                     break  # the budget holds within one step, not one epoch (an epoch can take hours)
                 if done % 10 == 0 or done == total:
