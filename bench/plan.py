@@ -27,6 +27,9 @@ Measured (2-core CPU shared with other jobs, load average 4-6; 20 synthetic case
 its 250-iteration epochs cannot stop inside a 2-minute budget). On this machine one torch
 thread ran a step 5-44x faster than two (oversubscribed OpenMP), which the planner now measures.
 
+10-minute figures (planned configs, real / predicted time and per-class Dice columns):
+bench/README.md, "Planning".
+
 Usage:
     PYTHONPATH=. python bench/plan.py                                 # smoke: cell, 2 min
     PYTHONPATH=. python bench/plan.py --kinds vessel2d cell lung vessel3d --budgets 5 10 20
@@ -73,12 +76,17 @@ def _medseg(args: list[str], log: Path, timeout: float | None = None) -> tuple[i
     return proc.returncode, wall, usage.ru_maxrss / 2**20
 
 
-def _dice(summary: Path) -> float | None:
+def _per_class(summary: Path) -> dict[str, float]:
+    """Mean test Dice per foreground class (``{}`` when the summary is missing)."""
     try:
         data = json.loads(summary.read_text())
     except (OSError, ValueError):
-        return None
-    values = [m["dice"]["mean"] for m in data["per_class"].values() if "dice" in m]
+        return {}
+    return {c: m["dice"]["mean"] for c, m in data["per_class"].items() if "dice" in m}
+
+
+def _dice(summary: Path) -> float | None:
+    values = list(_per_class(summary).values())
     return sum(values) / len(values) if values else None
 
 
@@ -136,6 +144,7 @@ def run(kind: str, budget: float, work: Path, n: int, network: str, which: tuple
         )
         row.update({"eval_min": eval_s / 60, "eval_peak_gb": eval_gb})
         row["test_dice"] = _dice(ev / "summary.json") if ecode == 0 else None
+        row["per_class"] = _per_class(ev / "summary.json") if ecode == 0 else {}
         if ecode:
             row["error"] = f"evaluate failed (exit {ecode}, {out / f'eval_{name}.log'})"
         rows.append(row)
@@ -149,14 +158,17 @@ def _cell(value, fmt: str) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| kind | budget (min) | config | plan (s) | predicted (min) | train wall (min) | train peak (GB) "
-        "| test Dice | note |",
-        "| --- | --: | --- | --: | --: | --: | --: | --: | --- |",
+        "| real / predicted | test Dice | per class | note |",
+        "| --- | --: | --- | --: | --: | --: | --: | --: | --: | --- | --- |",
     ]
     for r in rows:
+        ratio = r["train_min"] / r["predicted_min"] if r.get("predicted_min") and r.get("train_min") else None
+        per_class = " ".join(f"{c}: {v:.3f}" for c, v in r.get("per_class", {}).items())
         lines.append(
             f"| {r['kind']} | {r['budget']:g} | {r['config']} | {_cell(r.get('plan_s'), '.0f')} "
             f"| {_cell(r.get('predicted_min'), '.1f')} | {_cell(r.get('train_min'), '.1f')} "
-            f"| {_cell(r.get('train_peak_gb'), '.2f')} | {_cell(r.get('test_dice'), '.4f')} | {r.get('error', '')} |"
+            f"| {_cell(r.get('train_peak_gb'), '.2f')} | {_cell(ratio, '.2f')} | {_cell(r.get('test_dice'), '.4f')} "
+            f"| {per_class} | {r.get('error', '')} |"
         )
     return "\n".join(lines)
 

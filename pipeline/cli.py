@@ -144,8 +144,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--plan", metavar="FILE", help="with inference: the recommendation of medseg select")
     _add_ensemble_options(p)
+    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="with --checkpoint (default: test)")
     p.add_argument(
-        "--split", default="test", choices=("train", "val", "test"), help="with --checkpoint (default: test)"
+        "--data",
+        metavar="ROOT",
+        help="with --checkpoint: score every case of this dataset root (a held-out folder, the run's layout; no split)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --checkpoint: override config")
     p.add_argument("--device", help="with --checkpoint: auto, cpu, cuda, cuda:N")
@@ -197,13 +200,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                     f"{' and '.join(folder_only)}: only with --pred/--label folders; with --checkpoint the cases and "
                     "their FOV masks come from the config's data section"
                 )
+            if args.data and args.split:
+                raise MedsegError("--data scores every case of ROOT (no split): give --data or --split, not both")
             from pipeline.engines.predictor import evaluate_split
 
             members, spec = _members(args, p)
             evaluator = evaluate_split(
                 members,
                 args.output,
-                split=args.split,
+                split=args.split or "test",
+                data_root=args.data,
                 config_path=args.config,
                 overrides=args.set,
                 device=args.device,
@@ -217,6 +223,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                 postprocessing=spec,
                 use_postprocessing=args.postprocessing_on,
             )
+        elif args.data:
+            p.error("--data needs --checkpoint (inference first)")
         elif not (args.pred and args.label):
             p.error("--pred and --label are required (or --checkpoint to run inference first)")
         else:
@@ -658,7 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # past `ulimit -f` a write fails with EFBIG (reported in one line) instead of killing the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        return int(args.func(args) or 0)
+        with runtime.command_clock(from_process_start=argv is None):  # a command line: since the process began
+            return int(args.func(args) or 0)
     except MedsegError as err:
         print(f"medseg: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -402,7 +402,7 @@ def _derive(cfg: dict[str, Any]) -> None:
     if flip_axes is not None and any(a >= dims for a in flip_axes):
         raise ConfigError(f"spatial axes are 0..{dims - 1}, got {flip_axes}", key="transforms.augment.flip.axes")
     low, high = t["intensity"]["window"]
-    if t["intensity"]["mode"] == "window" and not low < high:
+    if t["intensity"]["mode"] in ("window", "ct") and not low < high:
         raise ConfigError(f"needs low < high, got {[low, high]}", key="transforms.intensity.window")
     for name in ("scale", "gamma", "contrast"):
         lo, hi = t["augment"][name]["range"]

@@ -65,7 +65,7 @@ _register(
 )
 QUICK_COMMON = [
     "train.epochs=2",
-    "scheduler.warmup_epochs=0",
+    "scheduler.warmup=0",
     "train.val_every=1",
     "network.channels=[4, 8, 16]",
     "transforms.num_samples=1",

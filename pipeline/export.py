@@ -51,6 +51,7 @@ from pipeline.engines.inferer import flip_sets
 from pipeline.errors import MedsegError
 from pipeline.instances.output import instance_spec
 from pipeline.instances.schema import is_instance
+from transforms.chains import ct_normalisation
 
 __all__ = [
     "FORMATS",
@@ -89,6 +90,8 @@ class ExportModule(torch.nn.Module):
         tta: average the logits over mirrored copies along every subset of spatial axes (what
             ``infer.tta`` does per sliding window, so a sliding window over this module equals
             medseg's TTA inference).
+        tta_axes: the spatial axes mirrored (default all; ``medseg infer`` mirrors those that
+            ``transforms.augment.flip.axes`` flips in training).
 
     Raises:
         TypeError: ``network`` is not a ``SegmentationNetwork``.
@@ -100,7 +103,7 @@ class ExportModule(torch.nn.Module):
         torch.Size([1, 2, 37, 45])
     """
 
-    def __init__(self, network: torch.nn.Module, tta: bool = False) -> None:
+    def __init__(self, network: torch.nn.Module, tta: bool = False, tta_axes: Sequence[int] | None = None) -> None:
         super().__init__()
         from pipeline.networks import SegmentationNetwork
 
@@ -110,7 +113,7 @@ class ExportModule(torch.nn.Module):
         self.divisor = int(network.size_divisor)
         self.replicate = network.pad_mode == "replicate"
         self.spatial_dims = int(network.spatial_dims)
-        self.flips = flip_sets(self.spatial_dims) if tta else [()]
+        self.flips = flip_sets(self.spatial_dims, tta_axes) if tta else [()]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
@@ -242,7 +245,13 @@ def verify(
 
 
 def export_network(
-    network: torch.nn.Module, fmt: str, path: str | os.PathLike, *, tta: bool = False, check: bool = True
+    network: torch.nn.Module,
+    fmt: str,
+    path: str | os.PathLike,
+    *,
+    tta: bool = False,
+    check: bool = True,
+    tta_axes: Sequence[int] | None = None,
 ) -> float | None:
     """Write ``network`` as ONNX (``fmt="onnx"``) or TorchScript (``"torchscript"``) to ``path``.
 
@@ -251,6 +260,7 @@ def export_network(
         fmt: ``"onnx"`` or ``"torchscript"``.
         path: the file to write.
         tta: bake flip TTA into the graph (see :class:`ExportModule`).
+        tta_axes: the spatial axes TTA mirrors (default all; ``medseg infer`` uses the axes training flips).
         check: run the written model on an input of another batch and odd size and compare it with
             PyTorch (:func:`verify`).
 
@@ -262,7 +272,7 @@ def export_network(
     """
     if fmt not in MODEL_FILES:
         raise ValueError(f"fmt must be one of {tuple(MODEL_FILES)}, got {fmt!r}")
-    module = ExportModule(network.cpu().eval(), tta=tta).eval()
+    module = ExportModule(network.cpu().eval(), tta=tta, tta_axes=tta_axes).eval()
     example = torch.randn(example_shape(network), generator=torch.Generator().manual_seed(1))
     path = Path(path)
     if fmt == "onnx":
@@ -309,7 +319,7 @@ def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = Fal
     classes = config.num_classes
     out_channels = int(config["network"]["out_channels"])
     mode = s["intensity"]["mode"]
-    relevant = {"zscore": ("nonzero",), "window": ("window", "clip")}.get(mode, ())
+    relevant = {"zscore": ("nonzero",), "window": ("window", "clip"), "ct": ("window", "mean", "std")}.get(mode, ())
     intensity: dict[str, Any] = {"mode": mode, **{k: s["intensity"][k] for k in relevant}}
     if mode == "zscore":
         intensity.update(
@@ -322,6 +332,13 @@ def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = Fal
             statistics=f"fixed: [{low}, {high}] -> [0, 1]",
             monai={"_target_": "ScaleIntensityRanged", "a_min": low, "a_max": high, "b_min": 0.0, "b_max": 1.0,
                    "clip": intensity["clip"]},
+        )  # fmt: skip
+    elif mode == "ct":
+        intensity.update(
+            statistics=f"fixed (dataset foreground): clip to {intensity['window']}, then (x - {intensity['mean']:g}) "
+            f"/ {intensity['std']:g}",
+            monai={"_target_": "ScaleIntensityRanged", **ct_normalisation(intensity["window"], intensity["mean"],
+                                                                          intensity["std"])},
         )  # fmt: skip
     elif mode == "minmax":
         intensity.update(
@@ -383,7 +400,7 @@ def processing_spec(config: Config, model_file: str, *, tta_in_model: bool = Fal
         },
         "tta": {
             "enabled": tta,
-            "flips": [list(f) for f in flip_sets(dims)] if tta else [[]],
+            "flips": [list(f) for f in flip_sets(dims, s["augment"]["flip"]["axes"])] if tta else [[]],
             "how": "per window: mirror along each axis set (dims of BCHW[D]), run, mirror back, average logits",
             "in_model": tta_in_model,
         },
@@ -487,7 +504,10 @@ def export_checkpoint(
         if fmt == "bundle":
             tta = bool(config["infer"]["tta"])
             (tmp / "models").mkdir()
-            diff = export_network(network, "torchscript", tmp / "models" / "model.ts", tta=tta, check=check)
+            axes = config["transforms"]["augment"]["flip"]["axes"]
+            diff = export_network(
+                network, "torchscript", tmp / "models" / "model.ts", tta=tta, check=check, tta_axes=axes
+            )
             spec = processing_spec(config, "models/model.ts", tta_in_model=tta)
             spec["source"] = {**source, "check_max_abs_diff": diff}
             if instances:

@@ -21,13 +21,25 @@ script, which torchrun and ``python -m`` bypass); transparent huge pages for tor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
 import sys
+import time
+from collections.abc import Iterator
 
-__all__ = ["tune_allocator", "TRIM_THRESHOLD", "cpu_has_bf16", "cpu_flags", "BF16_FLAGS"]
+__all__ = [
+    "tune_allocator",
+    "TRIM_THRESHOLD",
+    "cpu_has_bf16",
+    "cpu_flags",
+    "BF16_FLAGS",
+    "command_clock",
+    "command_start",
+    "process_age",
+]
 
 # glibc <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -133,3 +145,40 @@ def cpu_has_bf16() -> bool:
         True
     """
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+_command_start: float | None = None
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def command_clock(from_process_start: bool = False) -> Iterator[None]:
+    """While a ``medseg`` command runs (:func:`pipeline.cli.main`): :func:`command_start` is the
+    ``time.perf_counter()`` at its start (``from_process_start``: at the process's start, the
+    imports included), so ``train.time_budget`` counts the start-up (imports, reading and caching
+    the data, building the network) as the user's wall clock does."""
+    global _command_start
+    now = time.perf_counter()
+    age = process_age() if from_process_start else None
+    outer, _command_start = _command_start, now - (age or 0.0)
+    try:
+        yield
+    finally:
+        _command_start = outer
+
+
+def command_start() -> float | None:
+    """The start of the running ``medseg`` command (:func:`command_clock`), or None outside one
+    (a Trainer driven from Python counts from its ``fit``)."""
+    return _command_start

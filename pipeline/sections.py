@@ -96,7 +96,9 @@ def root_schema() -> Section:
             "optimizer": Component(
                 OPTIMIZERS, default={"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, skip=("params",)
             ),
-            "scheduler": Component(SCHEDULERS, default={"name": "cosine"}, skip=("optimizer", "max_epochs")),
+            "scheduler": Component(
+                SCHEDULERS, default={"name": "cosine"}, skip=("optimizer", "total_steps", "steps_per_epoch")
+            ),
             "train": _train(),
             "infer": _infer(),
             "data": data_schema(),

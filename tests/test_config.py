@@ -69,10 +69,10 @@ def test_overrides_merge_into_section_defaults(tmp_path):
     cfg = load(
         tmp_path,
         NET,
-        ["optimizer.lr=0.01", "scheduler.warmup_epochs=1", "loss.include_background=false", "train.epochs=2"],
+        ["optimizer.lr=0.01", "scheduler.warmup=0.1", "loss.include_background=false", "train.epochs=2"],
     )
     assert cfg["optimizer"] == {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4}
-    assert cfg["scheduler"] == {"name": "cosine", "warmup_epochs": 1}
+    assert cfg["scheduler"] == {"name": "cosine", "warmup": 0.1}
     assert cfg["loss"]["include_background"] is False and cfg["loss"]["name"] == "dice_ce"
     shorthand = load(tmp_path, NET + "loss: dice\n", ["loss.sigmoid=true"])
     assert shorthand["loss"] == {"name": "dice", "sigmoid": True}

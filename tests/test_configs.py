@@ -58,7 +58,6 @@ def test_config_trains_one_step_on_its_layout(path, tmp_path):
         "train.batch_size=1",
         "train.num_workers=0",
         "train.tensorboard=false",
-        "scheduler.warmup_epochs=0",
         "network.channels=[4, 8, 16]",
         "transforms.num_samples=1",
         f"transforms.patch_size={patch}",

@@ -132,3 +132,21 @@ def test_ddp_nccl_two_gpus(config, tmp_path, network):
     result = _torchrun("train", "-c", cfg, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_time_budget_fits_the_schedule_on_every_rank(config):
+    """A budget shorter than the run under DDP: the ranks agree on the fitted length (an
+    all-reduce every rank joins), stop together, and the rate ends near its curve's end."""
+    base, cfg = config
+    run = base / "ddp_budget"
+    sets = ["train.epochs=400", "train.time_budget=0.25", "train.batch_size=2", "train.val_every=5"]
+    args = ["train", "-c", cfg, "--output", str(run)]
+    for s in [*sets, "scheduler.name=cosine", "scheduler.min_factor=0.0"]:
+        args += ["--set", s]
+    done = _torchrun(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("time budget of 0.25 min reached") == 1
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["epoch"] < 400
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] < 0.3 * 0.1, ckpt["optimizer"]["param_groups"][0]["lr"]

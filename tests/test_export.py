@@ -283,6 +283,12 @@ def test_spec_of_a_ct_config_names_window_and_channels(tmp_path):
     }  # fmt: skip
     assert spec["sliding_window"]["mode"] == "constant" and spec["tta"]["flips"] == [[]]
     assert spec["classes"] == {"num_classes": 3, "label_values": [0, 1, 2]}
+    flipped = resolve({
+        "network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+        "transforms": {"augment": {"flip": {"prob": 0.5, "axes": [1]}}},
+        "infer": {"tta": True, "roi_size": [64, 64]},
+    })  # fmt: skip
+    assert processing_spec(flipped, "model.onnx")["tta"]["flips"] == [[], [3]]  # the axes training flips
     assert spec["model"]["size_divisor"] == 2 and spec["postprocessing"]["activation"] == "softmax over K"
 
 
@@ -414,6 +420,7 @@ def test_bundle_converter_is_medseg_normalise_mode():
         ({"channels": [1], "intensity": {"mode": "minmax"}}, ".png"),
         ({"channels": [2, 0], "intensity": {"mode": "zscore", "nonzero": True}}, ".tif"),
         ({"intensity": {"mode": "window", "window": [20.0, 200.0]}}, ".png"),
+        ({"intensity": {"mode": "ct", "window": [20.0, 200.0], "mean": 90.0, "std": 40.0}}, ".png"),
     ],
 )
 def test_bundle_preprocessing_is_medseg_infer_chain(tmp_path, transforms_cfg, suffix):

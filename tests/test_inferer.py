@@ -568,3 +568,23 @@ def test_cuda_compile_matches_eager(no_tf32):
     eager = predict(net, x, roi_size=(32, 32, 32), sw_batch_size=8)
     compiled = predict(net, x, roi_size=(32, 32, 32), sw_batch_size=8, compile=True)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_tta_mirrors_only_the_given_axes():
+    """infer.tta mirrors the axes training flips (transforms.augment.flip.axes): flip_sets and predict."""
+    from pipeline.engines.inferer import flip_sets, predict
+
+    assert flip_sets(3) == [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    assert flip_sets(3, [1, 0]) == [(), (2,), (3,), (2, 3)]
+    assert flip_sets(2, []) == [()]
+    with pytest.raises(ValueError, match="flip axes must be in 0..1"):
+        flip_sets(2, [2])
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()  # not mirror-symmetric
+    x = torch.randn(1, 1, 12, 10)
+    got = predict(net, x, roi_size=(12, 10), tta=True, tta_axes=[1], mode="constant")
+    with torch.no_grad():
+        logits = (net(x) + torch.flip(net(torch.flip(x, (3,))), (3,))) / 2
+    torch.testing.assert_close(got, torch.softmax(logits, 1), atol=1e-5, rtol=1e-5)
+    every = predict(net, x, roi_size=(12, 10), tta=True, mode="constant")
+    assert not torch.allclose(got, every, atol=1e-4)

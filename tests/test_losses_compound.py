@@ -225,3 +225,45 @@ def test_deep_supervision_errors():
         ds([torch.rand(1, 1, 8, 8)] * 3, torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="got no heads"):
         ds([], torch.zeros(1, 1, 8, 8))
+
+
+def test_compound_ramp_is_a_fraction_of_the_run():
+    from pipeline.losses import DeepSupervisionLoss
+
+    loss = CompoundLoss(schedule="linear", alpha=0.0, alpha_end=1.0, ramp=0.5, alpha_max=0.8)
+    assert loss.weights == {"region": 1.0, "boundary": 0.0}
+    loss.set_progress(0.25)
+    assert loss.weights == {"region": 1.0, "boundary": 0.5}
+    loss.set_epoch(40)  # epochs do not move a fraction ramp
+    assert loss.weights == {"region": 1.0, "boundary": 0.5}
+    DeepSupervisionLoss(loss).set_progress(0.9)
+    assert loss.weights == {"region": 1.0, "boundary": 0.8}  # capped by alpha_max
+    with pytest.raises(ValueError, match=r"ramp must be a fraction of the run in \(0, 1\], got 0"):
+        CompoundLoss(schedule="linear", ramp=0)
+    with pytest.raises(ValueError, match="ramp is a setting of schedule 'linear', not 'rebalance'"):
+        CompoundLoss(schedule="rebalance", ramp=0.5)
+
+
+@pytest.mark.slow
+def test_trainer_moves_a_fraction_ramp_with_the_run(tmp_path):
+    """Two epochs of two steps with ramp: 1.0: the weight logged after epoch 1 is half way."""
+    import csv
+
+    from _synthetic import tiny_config, write_config, write_folders
+
+    from pipeline.engines.run import run_training
+
+    root = write_folders(tmp_path / "data", n=6, size=40)
+    loss = {
+        "name": "compound",
+        "region": {"name": "dice_ce", "to_onehot_y": True, "softmax": True},
+        "boundary": {"name": "boundary", "to_onehot_y": True, "softmax": True, "include_background": False},
+        "schedule": "linear",
+        "alpha": 0.0,
+        "alpha_end": 1.0,
+        "ramp": 1.0,
+    }
+    cfg = {**tiny_config(root, tmp_path / "run", train={"epochs": 2, "iterations_per_epoch": 2}), "loss": loss}
+    run_training(write_config(tmp_path / "cfg.yaml", cfg), [], progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [float(r["w_boundary"]) for r in rows] == [0.5, 1.0]

@@ -67,7 +67,7 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
     assert all(p <= s for p, s in zip(patch, fp["median_shape"], strict=True))
     assert cfg["train"]["batch_size"] * cfg["transforms"]["num_samples"] >= 2
     assert net["norm"] == "instance" and net["out_channels"] == len(fp["label_values"])
-    assert plan["_meta"]["predicted_minutes"] <= 5.0 and cfg["train"]["time_budget"] == 5.0
+    assert plan["_meta"]["predicted_minutes"] <= 5.0 and 4.0 < cfg["train"]["time_budget"] < 5.0  # less start-up
     assert "# " in text.splitlines()[-1] or "#" in text  # reasons are written
     assert "patch_size: " in text and "# median image" in text
     loss = cfg["loss"]
@@ -80,14 +80,20 @@ def test_plan_loads_as_config_and_values_follow_the_data(fps, kind):
     else:
         assert loss["name"] == "dice_ce"
     if kind in ("lung", "vessel3d"):
-        assert cfg["transforms"]["intensity"]["mode"] == "window"
-        lo, hi = cfg["transforms"]["intensity"]["window"]
+        # nnU-Net's CTNormalization: clip to the foreground percentiles, z-score with foreground statistics
+        intensity = cfg["transforms"]["intensity"]
+        assert intensity["mode"] == "ct"
+        lo, hi = intensity["window"]
         assert lo == pytest.approx(fp["intensity"][0]["p00_5"], abs=0.1)
         assert hi == pytest.approx(fp["intensity"][0]["p99_5"], abs=0.1)
+        assert intensity["mean"] == pytest.approx(fp["intensity"][0]["mean"], abs=0.01)
+        assert intensity["std"] == pytest.approx(fp["intensity"][0]["std"], abs=0.01)
     else:
         assert cfg["transforms"]["intensity"]["mode"] == "zscore"
     if kind == "vessel2d":
         assert cfg["transforms"]["label_values"] == [0.0, 255.0]
+    # lung labels lungs and nodules: foreground crops shared by class, not by voxel count
+    assert cfg["transforms"]["class_balanced"] is (len(fp["label_values"]) > 2)
 
 
 def test_slower_device_gets_smaller_patch_and_fewer_steps_fit(fps):
@@ -129,7 +135,7 @@ def test_planned_config_trains_one_step(synth, tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "plan.yaml"
     assert cli.main(["plan", str(synth[kind]), "--budget-minutes", "2", "--output", str(out)]) == 0
-    sets = ["train.epochs=1", "train.iterations_per_epoch=1", "scheduler.warmup_epochs=0", "train.num_workers=0"]
+    sets = ["train.epochs=1", "train.iterations_per_epoch=1", "train.num_workers=0"]  # any length is valid
     argv = ["train", "-c", str(out), "--output", str(tmp_path / "run"), "--set", "train.tensorboard=false"]
     for s in sets:
         argv += ["--set", s]
@@ -162,3 +168,31 @@ def test_measured_thread_count_is_planned(fps):
     assert plan["train"]["threads"].value == 1
     assert "1: 0.100 s, 2: 0.900 s" in plan["train"]["threads"].reason
     assert "threads" not in plan_config(fps["cell"], budget_minutes=5, measure=fake_measure)["train"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "size"), [("lung", (37, 45, 17)), ("vessel3d", (29, 41, 23)), ("cell", 53)])
+def test_plans_of_odd_shapes_train(tmp_path, monkeypatch, kind, size):
+    """Odd, non-cubic shapes (a 17-slice lung): the plan's patch, strides and window fit
+    and a planned config trains a step (any run length: one epoch of one step)."""
+    monkeypatch.setattr(planner, "measure_step", fake_measure)
+    monkeypatch.chdir(tmp_path)
+    root = make_dataset(kind, tmp_path / "data", n=5, seed=2, size=size)
+    out = tmp_path / "plan.yaml"
+    assert cli.main(["plan", str(root), "--budget-minutes", "1", "--output", str(out)]) == 0
+    cfg = load_config(out)
+    assert all(p <= s for p, s in zip(cfg["transforms"]["patch_size"], cfg["infer"]["roi_size"], strict=True))
+    argv = ["train", "-c", str(out), "--output", str(tmp_path / "run"), "--set", "train.tensorboard=false"]
+    for s in ["train.epochs=1", "train.iterations_per_epoch=1", "train.num_workers=0"]:
+        argv += ["--set", s]
+    assert cli.main(argv) == 0
+
+
+def test_topology_treats_a_float32_two_to_one_spacing_as_two():
+    """3.5416667 / 7.083333 mm (float32 pixdim) is 2:1 as nnU-Net reads it: no pooling and kernel 1
+    along the thick axis at the first level, whichever side of 2 the rounding falls."""
+    for thick in (7.083333, 7.0833335, 7.083334):
+        strides, kernels, _ = topology([3.5416667, 3.5416667, thick], [40, 40, 24])
+        assert strides[0] == [2, 2, 1] and kernels[0] == [3, 3, 1], thick
+    strides, kernels, _ = topology([3.5, 3.5, 6.9], [40, 40, 24])  # under 2:1: pooled from the start
+    assert strides[0] == [2, 2, 2] and kernels[0] == [3, 3, 3]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 
 import numpy as np
@@ -30,12 +31,12 @@ def test_epoch_seed_is_stable_and_distinct():
 @pytest.mark.parametrize(
     ("name", "kwargs", "expected"),
     [
-        ("constant", {"warmup_epochs": 2}, [1 / 3, 2 / 3, 1.0, 1.0, 1.0]),
+        ("constant", {"warmup": 0.4}, [1 / 3, 2 / 3, 1.0, 1.0, 1.0]),
         ("poly", {}, [1.0, 0.8**0.9, 0.6**0.9, 0.4**0.9, 0.2**0.9]),
         ("cosine", {"min_factor": 0.0}, [1.0, 0.8535534, 0.5, 0.1464466, 0.0]),
     ],
 )
-def test_schedules_per_epoch(name, kwargs, expected):
+def test_schedules_per_step(name, kwargs, expected):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = optim.SCHEDULERS.get(name)(opt, 5, **kwargs)
     seen = []
@@ -46,12 +47,60 @@ def test_schedules_per_epoch(name, kwargs, expected):
     np.testing.assert_allclose(seen, expected, rtol=1e-6)
 
 
+def _rates(sched, opt, steps):
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7, 400])
+def test_warmup_is_a_fraction_so_every_length_is_valid(total):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    seen = _rates(optim.cosine(opt, total, warmup=0.05, min_factor=0.0), opt, total)
+    warm = round(0.05 * total)
+    assert len(seen) == total and max(seen) == pytest.approx(1.0)
+    if total > warm + 1:
+        assert seen[-1] == pytest.approx(0.0, abs=1e-12)  # the decay ends at the run's last step
+    assert all(a < b for a, b in zip(seen[: warm + 1], seen[1 : warm + 1], strict=False))
+
+
+def test_legacy_warmup_epochs_still_reads_capped_at_a_tenth_with_a_warning():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.warns(FutureWarning, match="scheduler.warmup, a fraction of the run"):
+        sched = optim.cosine(opt, 2 * 10, 10, warmup_epochs=5)  # 5 of 2 epochs: capped at 2 steps
+    seen = _rates(sched, opt, 20)
+    assert seen[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    with pytest.warns(FutureWarning):
+        long = optim.constant(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 300, 1, warmup_epochs=5)
+    assert long.lr_lambdas[0](4) == pytest.approx(5 / 6) and long.lr_lambdas[0](5) == 1.0
+
+
+def test_rescale_makes_the_curve_end_at_the_new_length_and_is_not_saved():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = optim.cosine(opt, 1000, warmup=0.1, min_factor=0.0)
+    _rates(sched, opt, 5)
+    sched.rescale(20)  # a budget that leaves room for 20 steps, not 1000
+    # at once on the new curve: warm-up (2 steps) over, 3 of 17 decay steps done
+    assert sched.total_steps == 20
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 17)))
+    seen = _rates(sched, opt, 15)
+    assert seen[-1] == pytest.approx(0.0, abs=1e-12)
+    state = sched.state_dict()
+    assert "total_steps" not in state and "_factor" not in state and state["last_epoch"] == 20
+    torch.save(state, __import__("io").BytesIO())  # picklable, loads with weights_only
+
+
 def test_schedule_argument_errors():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    with pytest.raises(ValueError, match=r"warmup_epochs must be in \[0, max_epochs=3\), got 3"):
-        optim.cosine(opt, 3, warmup_epochs=3)
+    with pytest.raises(ValueError, match=r"warmup must be a fraction of the run in \[0, 1\), got 1"):
+        optim.cosine(opt, 3, warmup=1)
     with pytest.raises(ValueError, match=r"min_factor must be in \[0, 1\], got 2"):
         optim.cosine(opt, 3, min_factor=2)
+    with pytest.raises(ValueError, match="not both"):
+        optim.poly(opt, 3, warmup=0.1, warmup_epochs=1)
 
 
 def test_history_csv_union_of_columns(tmp_path):

@@ -270,3 +270,49 @@ def test_untracked_distance_maps_keep_the_voxel_spacing(case3d):
     outside = ndimage.distance_transform_edt(~lab, sampling=spacing)
     far = outside > 3.5  # away from the edge the signed map is the plain EDT of the background
     np.testing.assert_allclose(crop["dist"][1].numpy()[far], outside[far], rtol=0.2)
+
+
+def test_ct_mode_clips_to_the_window_then_z_scores_with_the_dataset_statistics():
+    """transforms.intensity.mode ct (what medseg plan writes for CT) is nnU-Net's CTNormalization."""
+    from transforms.chains import _intensity, ct_normalisation
+
+    hu = torch.tensor([[-2000.0, -1000.0, -600.0, -100.0, 3000.0]])
+    args = ct_normalisation([-1000.0, -100.0], mean=-700.0, std=150.0)
+    settings = type("S", (), {"intensity": {"mode": "ct", "window": [-1000.0, -100.0], "mean": -700.0, "std": 150.0}})
+    (transform,) = _intensity(settings)
+    out = transform({"image": hu})["image"]
+    expected = (hu.clamp(-1000.0, -100.0) + 700.0) / 150.0
+    torch.testing.assert_close(torch.as_tensor(out), expected)
+    assert args["b_min"] == pytest.approx(-2.0) and args["b_max"] == pytest.approx(4.0) and args["clip"]
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_class_balanced_crops_find_a_rare_class(tmp_path, balanced):
+    """A 3-class label with one large and one 3x3 class: class-balanced crops are centred on the
+    rare class about a third of the time (1 : 1 : 1); by voxel count almost never."""
+    label = np.zeros((96, 96), np.uint8)
+    label[8:88, 8:60] = 1  # a large class
+    label[80:83, 80:83] = 2  # a rare one, far from the large one
+    Image.fromarray(label * 100).save(tmp_path / "lab.png")
+    Image.fromarray((label * 80 + 20).astype(np.uint8)).save(tmp_path / "img.png")
+    item = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "lab.png"), "case": "c"}
+    cfg = {
+        "network": {**NET2D, "out_channels": 3},
+        "transforms": {
+            "patch_size": [16, 16],
+            "num_samples": 8,
+            "label_values": [0, 100, 200],
+            "pos_neg_ratio": 2.0,
+            "class_balanced": balanced,
+            "augment": {"rotate": {"prob": 0.0}, "scale": {"prob": 0.0}, "flip": {"prob": 0.0}, **NO_INTENSITY_AUG},
+        },
+    }
+    chain = build(cfg, "train")
+    chain.set_random_state(0)
+    crops = [c for _ in range(25) for c in chain(item)]
+    rare = np.mean([bool((np.asarray(c["label"]) == 2).any()) for c in crops])
+    assert all(tuple(c["label"].shape[1:]) == (16, 16) for c in crops)
+    if balanced:
+        assert 0.25 < rare < 0.45, rare
+    else:
+        assert rare < 0.1, rare

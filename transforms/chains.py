@@ -6,10 +6,12 @@ One chain per mode, for 2D and 3D::
     -> [3D] Orientationd (RAS) -> [3D] Spacingd (transforms.spacing)
     -> SelectChannelsd (transforms.channels, e.g. DRIVE's green [1])
     -> [train] CropForegroundd (transforms.crop_foreground)
-    -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window, CT HU) | ScaleIntensityd (minmax)
+    -> intensity: NormalizeIntensityd (zscore) | ScaleIntensityRanged (window; ct: clip + dataset z-score)
+                  | ScaleIntensityd (minmax)
     -> MapLabelsd (label values -> classes, strict, one table per dataset; fov -> 0/1)  [train, val]
        (instance task: InstanceLabeld instead: ids in ``instance``, the foreground in ``label``)
-    -> [train] RecordSpacingd -> SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio);
+    -> [train] RecordSpacingd -> SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
+               | RandCropByLabelClassesd (class_balanced: foreground crops shared evenly by class);
        from the crop on without MONAI's metadata (plain tensors: see :class:`Chain`)
     -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
@@ -52,6 +54,7 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     AsDiscreted,
+    ClassesToIndicesd,
     Compose,
     CropForegroundd,
     DeleteItemsd,
@@ -62,6 +65,7 @@ from monai.transforms import (
     Rand2DElasticd,
     Rand3DElasticd,
     RandAdjustContrastd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -81,10 +85,19 @@ from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, RecordSpac
 from transforms.instances import InstanceLabeld, InstanceTargetsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL, LABEL_SPACING
 
-__all__ = ["build_transforms", "ChainSettings", "Chain", "find_data_error", "without_metadata", "MODES"]
+__all__ = [
+    "build_transforms",
+    "ChainSettings",
+    "Chain",
+    "find_data_error",
+    "without_metadata",
+    "MODES",
+    "ct_normalisation",
+]
 
 MODES = ("train", "val", "infer")
 _FG, _BG = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
+_CLS = f"{LABEL}_cls_indices"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -178,6 +191,9 @@ class ChainSettings:
         crop_foreground: ``{enabled, threshold, margin}``.
         num_samples: random crops per image per step.
         pos_neg_ratio: crops centred on foreground : background.
+        class_balanced: with two or more foreground classes, the foreground crops are shared
+            evenly between the classes (nnU-Net's foreground oversampling picks a class first),
+            not by voxel count, so a rare class (nodules beside lungs) is seen as often as a large one.
         augment: the augmentation settings (``rotate``, ``scale``, ``flip``, ``elastic``,
             ``gamma``, ``noise``, ``contrast``), each with a ``prob``.
         inputs: extra batch inputs to compute after label mapping (names registered in
@@ -202,6 +218,7 @@ class ChainSettings:
     augment: Mapping[str, Any]
     inputs: tuple[str, ...] = ()
     instance: Mapping[str, Any] | None = None
+    class_balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -215,6 +232,14 @@ def _grid(keys: Sequence[str]) -> list[str]:
     return ["bilinear" if k == IMAGE else "nearest" for k in keys]
 
 
+def ct_normalisation(window: Sequence[float], mean: float, std: float) -> dict[str, float]:
+    """nnU-Net's CTNormalization as ``ScaleIntensityRanged`` arguments: clip to ``window`` (the
+    dataset's foreground 0.5/99.5 percentiles), then ``(x - mean) / std`` with the dataset's
+    foreground statistics (one linear map: ``[low, high] -> [(low - mean) / std, (high - mean) / std]``)."""
+    low, high = (float(v) for v in window)
+    return {"a_min": low, "a_max": high, "b_min": (low - mean) / std, "b_max": (high - mean) / std, "clip": True}
+
+
 def _intensity(s: ChainSettings) -> list[Transform]:
     mode, icfg = s.intensity["mode"], s.intensity
     if mode == "zscore":
@@ -222,6 +247,8 @@ def _intensity(s: ChainSettings) -> list[Transform]:
     if mode == "window":
         low, high = icfg["window"]
         return [ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=icfg["clip"])]
+    if mode == "ct":
+        return [ScaleIntensityRanged(IMAGE, **ct_normalisation(icfg["window"], icfg["mean"], icfg["std"]))]
     if mode == "minmax":
         return [ScaleIntensityd(IMAGE, minv=0.0, maxv=1.0, channel_wise=True)]
     return []
@@ -363,23 +390,41 @@ def build_transforms(
         keys = loaded
         patch = s.patch_size
         ratio = s.pos_neg_ratio
-        chain += [
-            RecordSpacingd(LABEL),  # the spacing of the grid, for the untracked transforms below
-            SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True),
-            FgBgToIndicesd(LABEL),
-            RandCropByPosNegLabeld(
-                keys,
-                label_key=LABEL,
-                spatial_size=patch,
-                pos=ratio,
-                neg=1.0,
-                num_samples=s.num_samples,
-                fg_indices_key=_FG,
-                bg_indices_key=_BG,
-                allow_missing_keys=True,
-            ),
-            DeleteItemsd([_FG, _BG]),
-        ]
+        chain.append(RecordSpacingd(LABEL))  # the spacing of the grid, for the untracked transforms below
+        chain.append(SpatialPadd(keys, spatial_size=patch, allow_missing_keys=True))
+        if s.class_balanced and s.num_classes > 2:
+            k = s.num_classes
+            chain += [
+                ClassesToIndicesd(LABEL, indices_postfix="_cls_indices", num_classes=k),
+                RandCropByLabelClassesd(
+                    keys,
+                    label_key=LABEL,
+                    spatial_size=patch,
+                    ratios=[1.0] + [ratio / (k - 1)] * (k - 1),  # background : each foreground class
+                    num_classes=k,
+                    num_samples=s.num_samples,
+                    indices_key=_CLS,
+                    allow_missing_keys=True,
+                    warn=False,  # a class absent from a case gets no crops there
+                ),
+                DeleteItemsd([_CLS]),
+            ]
+        else:
+            chain += [
+                FgBgToIndicesd(LABEL),
+                RandCropByPosNegLabeld(
+                    keys,
+                    label_key=LABEL,
+                    spatial_size=patch,
+                    pos=ratio,
+                    neg=1.0,
+                    num_samples=s.num_samples,
+                    fg_indices_key=_FG,
+                    bg_indices_key=_BG,
+                    allow_missing_keys=True,
+                ),
+                DeleteItemsd([_FG, _BG]),
+            ]
         chain += _augment(s, keys)
         # extra inputs last: computed on the augmented patch (exact, and cheaper than carrying
         # cached maps through rotation and zoom; see transforms.dictionary.SignedDistanceMapd)
@@ -393,5 +438,6 @@ def build_transforms(
     chain.append(EnsureTyped(typed, dtype=torch.float32, allow_missing_keys=True))
     out = Chain(chain)
     if mode == "train":
-        out.untracked_from = next(i for i, t in enumerate(chain) if isinstance(t, RandCropByPosNegLabeld))
+        crops = (RandCropByPosNegLabeld, RandCropByLabelClassesd)
+        out.untracked_from = next(i for i, t in enumerate(chain) if isinstance(t, crops))
     return out

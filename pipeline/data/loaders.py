@@ -59,6 +59,7 @@ def chain_settings(config: Config, inputs: Sequence[str] = ()) -> ChainSettings:
         crop_foreground=t["crop_foreground"],
         num_samples=t["num_samples"],
         pos_neg_ratio=t["pos_neg_ratio"],
+        class_balanced=t["class_balanced"],
         augment=t["augment"],
         inputs=tuple(inputs),
         instance=_instance_settings(config),

@@ -20,7 +20,7 @@ from pipeline.schema import Field, Section
 
 __all__ = ["data_schema", "transforms_schema", "INTENSITY_MODES"]
 
-INTENSITY_MODES = ("zscore", "window", "minmax", "none")
+INTENSITY_MODES = ("zscore", "window", "ct", "minmax", "none")
 
 
 def data_schema() -> Section:
@@ -120,7 +120,11 @@ def transforms_schema() -> Section:
             "intensity": Section(
                 {
                     "mode": Field(str, "zscore", choices=INTENSITY_MODES, help="per-image normalisation"),
-                    "window": _range([-1000.0, 1000.0], "mode window: [low, high] mapped to [0, 1] (CT: HU)"),
+                    "window": _range(
+                        [-1000.0, 1000.0], "mode window: [low, high] mapped to [0, 1] (CT: HU); mode ct: clip range"
+                    ),
+                    "mean": Field(float, 0.0, help="mode ct: dataset foreground mean (fingerprint)"),
+                    "std": Field(float, 1.0, minimum=1e-6, help="mode ct: dataset foreground std (fingerprint)"),
                     "clip": Field(bool, True, help="mode window: clip outside the window"),
                     "nonzero": Field(bool, False, help="mode zscore: statistics over nonzero voxels only"),
                 }
@@ -137,6 +141,9 @@ def transforms_schema() -> Section:
             ),
             "num_samples": Field(int, 2, minimum=1, help="random crops per image per step"),
             "pos_neg_ratio": Field(float, 1.0, minimum=0.0, help="crops centred on foreground : background"),
+            "class_balanced": Field(
+                bool, False, help="foreground crops shared evenly by class, not by voxel count (2+ foreground classes)"
+            ),
             "augment": augment,
         },
         help="load, normalise, crop and augment",

@@ -59,8 +59,10 @@ def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
     return build_component(spec, OPTIMIZERS, params, where="optimizer", **extra)
 
 
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
-    """The configured per-epoch schedule, or ``None``."""
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int = 1):
+    """The configured schedule over the run's ``train.epochs × steps_per_epoch`` steps (stepped
+    once per training step, see :mod:`pipeline.engines.optim`), or ``None``."""
     if config.get("scheduler") is None:
         return None
-    return build_component(config["scheduler"], SCHEDULERS, optimizer, config["train"]["epochs"], where="scheduler")
+    total = config["train"]["epochs"] * steps_per_epoch
+    return build_component(config["scheduler"], SCHEDULERS, optimizer, total, steps_per_epoch, where="scheduler")

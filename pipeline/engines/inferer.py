@@ -183,10 +183,20 @@ def to_labels(probabilities: torch.Tensor, *, dim: int = 1, keepdim: bool = Fals
     return probabilities.argmax(dim, keepdim=keepdim)
 
 
-def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
-    """Every subset of spatial axes (as dims of a ``BC...`` tensor), the empty one first."""
-    axes = range(2, 2 + spatial_dims)
-    return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]
+def flip_sets(spatial_dims: int, axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes`` (0-based spatial; default all) as dims of a ``BC...``
+    tensor, the empty one first.
+
+    Flip TTA mirrors the axes the training augmentation flips (``transforms.augment.flip.axes``,
+    every axis by default, as nnU-Net mirrors every axis, anisotropic data included): those are
+    the mirror images the network was trained to be invariant to; a flip it never saw in
+    training is not a test-time augmentation but a different input.
+    """
+    dims = range(spatial_dims) if axes is None else sorted({int(a) for a in axes})
+    if any(not 0 <= a < spatial_dims for a in dims):
+        raise ValueError(f"flip axes must be in 0..{spatial_dims - 1}, got {list(axes or ())}")
+    chosen = [2 + a for a in dims]
+    return [combo for r in range(len(chosen) + 1) for combo in itertools.combinations(chosen, r)]
 
 
 def auto_batch_size(
@@ -799,6 +809,7 @@ def predict(
     compile: bool = False,
     progress: bool = False,
     cache: WindowCache | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Class probabilities for a whole image: sliding window, optional flip TTA, :func:`activation`.
 
@@ -810,6 +821,7 @@ def predict(
             window batches from free GPU memory).
         tta: average logits over mirrored windows along every subset of spatial axes (4 inputs per
             window in 2D, 8 in 3D), batched with the windows.
+        tta_axes: the spatial axes (0-based) TTA mirrors; ``None``: every axis (see :func:`flip_sets`).
         amp_dtype: autocast dtype, or None for full precision (see :func:`autocast_dtype`); fp16
             that overflows is redone in bf16, with a warning.
         device: where windows are computed (default: the network's device). Global settings
@@ -845,7 +857,7 @@ def predict(
                 sw_device=device,
                 device=output_device if output_device is not None else device,
                 progress=progress,
-                flips=flip_sets(spatial_dims) if tta else ((),),
+                flips=flip_sets(spatial_dims, tta_axes) if tta else ((),),
                 pad_batches=compile,
                 cache=cache,
             )

@@ -283,10 +283,12 @@ def run_instance_evaluation(args: Any, *, progress: bool = False) -> InstanceEva
             if args.instances:
                 raise MedsegError(f"--instances: {args.checkpoint} is not an instance run (task.kind semantic)")
             return None
+        if getattr(args, "data", None):
+            raise MedsegError("--data: an instance run scores a split of its own dataset (--split), not a root")
         return evaluate_instances_split(
             args.checkpoint,
             args.output,
-            split=args.split,
+            split=args.split or "test",
             config_path=args.config,
             overrides=args.set,
             device=args.device,

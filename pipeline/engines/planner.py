@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline import runtime
+
 __all__ = [
     "MAX_LEVELS",
     "MIN_ITERATIONS",
@@ -69,6 +71,8 @@ ANISOTROPY = 3.0
 MIN_FEATURE_MAP = 4
 #: Share of the measured step time added for data loading and augmentation on the same cores.
 DATA_OVERHEAD = 0.15
+#: How many times the steps that the timing says fit the run is planned for (the budget ends it).
+OVERPLAN = 2.0
 NETWORKS = ("unet", "resunet", "denseunet")
 #: Skeleton voxels per foreground voxel above which a structure counts as thin (about 1 / width).
 THIN_SKELETON_RATIO = 0.15
@@ -123,6 +127,13 @@ def target_spacing(fp: Mapping[str, Any]) -> tuple[list[float], str]:
     return [round(float(t), 5) for t in target], reason
 
 
+def _under_twice(spacing: float, finest: float) -> bool:
+    """``spacing < 2 × finest``, nnU-Net's test, with a relative tolerance of 1e-4: spacings
+    stored as float32 (NIfTI pixdim) put an exact 2:1 (0.5 / 1.0 mm, 3.54 / 7.08 mm) on either
+    side of 2 by rounding alone, and nnU-Net, reading the same header, sees 2.0."""
+    return spacing < 2 * finest * (1 - 1e-4)
+
+
 def topology(
     spacing: Sequence[float], patch: Sequence[int], max_levels: int = MAX_LEVELS
 ) -> tuple[list[list[int]], list[list[int]], list[int]]:
@@ -146,11 +157,11 @@ def topology(
         if not valid:
             break
         finest = min(cur_spacing[i] for i in valid)
-        valid = [i for i in valid if cur_spacing[i] / finest < 2]
+        valid = [i for i in valid if _under_twice(cur_spacing[i], finest)]
         if len(valid) == 1 and cur_size[valid[0]] < 3 * MIN_FEATURE_MAP:
             break
         for d in range(dims):
-            if cur_spacing[d] / min(cur_spacing) < 2:
+            if _under_twice(cur_spacing[d], min(cur_spacing)):
                 kernel[d] = 3
         step = [2 if i in valid else 1 for i in range(dims)]
         for i in valid:
@@ -323,6 +334,7 @@ def plan_config(
     memory_gb: float | None = None,
     network: str = "unet",
     measure: Callable[..., Measurement] | None = None,
+    import_s: float | None = None,
 ) -> dict[str, Any]:
     """Plan a config for the fingerprinted dataset.
 
@@ -334,6 +346,8 @@ def plan_config(
         network: ``unet``, ``resunet`` or ``denseunet``.
         measure: ``(network, patch, batch, device, roi) -> Measurement``; default
             :func:`measure_step` (tests pass a fixed one).
+        import_s: the seconds this machine took to start ``medseg`` and import its libraries
+            (measured by ``medseg plan``); part of the predicted start-up, 15 s when None.
 
     Returns:
         The plan: nested sections whose leaves carry their reasons; :func:`render_plan` writes it.
@@ -400,7 +414,8 @@ def plan_config(
     overlap = 0.5 if device == "cuda" else 0.25
     # start-up: interpreter, first loads and caching every case once (a data-volume model, not
     # the fingerprint's timing, so a plan depends on the measured step only)
-    startup_s = 15.0 + n_cases * (0.2 + 2e-7 * fp["channels"] * math.prod(fp["median_shape"]))
+    base_s = 15.0 if import_s is None else min(15.0, max(3.0, 1.5 * import_s))  # + building the network, loaders
+    startup_s = base_s + n_cases * (0.2 + 2e-7 * fp["channels"] * math.prod(fp["median_shape"]))
     train_share = 0.75
 
     patch, _ = _fit_patch(_initial_patch(spacing, shape), spacing)
@@ -470,13 +485,18 @@ def plan_config(
     train_s = budget_s - startup_s
     validations = int(max(1, min(10, 0.2 * train_s // max(val_s, 1e-6))))
     total_iters = max(10, int((train_s - validations * val_s) // step_s))
-    epochs = int(min(50, max(5, total_iters // 20)))
+    # the run is planned OVERPLAN times longer than the timing says fits, and train.time_budget
+    # ends it: the trainer fits the schedule to the steps that really fit (measured over its own
+    # first steps), so a timing taken on a loaded machine (2x off either way here) neither wastes
+    # the budget nor overruns it
+    planned_iters = int(total_iters * OVERPLAN)
+    epochs = int(min(50, max(5, planned_iters // 20)))
     epochs = max(validations, epochs - epochs % validations) if validations > 1 else epochs
-    ipe = max(1, total_iters // epochs)
+    ipe = max(1, planned_iters // epochs)
     val_every = max(1, epochs // validations)
     n_val = epochs // val_every + (1 if epochs % val_every else 0)
-    predicted_s = startup_s + epochs * ipe * step_s + n_val * val_s
-    warmup = 1 if epochs >= 10 else 0
+    predicted_s = startup_s + min(epochs * ipe * step_s + n_val * val_s, train_s)
+    warmup = 0.05 if epochs * ipe >= 100 else 0.0  # a linear warm-up over 5 % of the run
 
     plan["network"] = {
         "name": _r(network, "--network"),
@@ -561,9 +581,10 @@ def plan_config(
         st = fp["intensity"][keep[0]]
         lo, hi = round(st["p00_5"], 1), round(st["p99_5"], 1)
         t["intensity"] = {
-            "mode": _r("window", "CT: clip to the foreground 0.5-99.5 % and map linearly (nnU-Net's CT scheme)"),
-            "window": _r([lo, hi], f"foreground HU percentiles; foreground mean {st['mean']:.1f} std {st['std']:.1f}"),
-            "clip": _r(True),
+            "mode": _r("ct", "CT: clip to the foreground 0.5-99.5 %, z-score with the foreground statistics (nnU-Net)"),
+            "window": _r([lo, hi], "foreground HU percentiles 0.5 / 99.5 over the dataset"),
+            "mean": _r(round(st["mean"], 2), "foreground HU mean over the dataset"),
+            "std": _r(round(max(st["std"], 1e-3), 2), "foreground HU std over the dataset"),
         }
     else:
         t["intensity"] = {"mode": _r("zscore", f"{', '.join(sorted(set(modality)))}: per-case z-score (nnU-Net)")}
@@ -574,6 +595,11 @@ def plan_config(
     t["pos_neg_ratio"] = _r(
         2.0 if fg < 0.01 else 1.0, f"foreground is {fg:.2%} of voxels" + (": oversample it" if fg < 0.01 else "")
     )
+    if classes > 2:
+        shares = ", ".join(f"{fp['class_frequency'][str(v)]:.2%}" for v in values[1:])
+        t["class_balanced"] = _r(
+            True, f"{classes - 1} foreground classes ({shares} of voxels): crops shared evenly by class (nnU-Net)"
+        )
     aniso = dims == 3 and max(spacing) > ANISOTROPY * min(spacing)
     if dims == 2:
         rotate = _r([180.0], "2D: any in-plane angle")
@@ -587,7 +613,10 @@ def plan_config(
     t["augment"] = {
         "rotate": {"prob": _r(0.2), "degrees": rotate},
         "scale": {"prob": _r(0.2), "range": _r([0.7, 1.4], "nnU-Net's zoom range")},
-        "flip": {"prob": _r(0.5, "every axis")},
+        "flip": {
+            "prob": _r(0.5),
+            "axes": _r(None, "every axis, thick-slice ones included (nnU-Net); flip TTA mirrors the same axes"),
+        },
         "elastic": {"prob": _r(0.0, "off: costly on CPU and marginal (nnU-Net turned it off)")},
     }
     plan["transforms"] = t
@@ -601,16 +630,24 @@ def plan_config(
         "weight_decay": _r(1e-4),
     }
     plan["scheduler"] = {
-        "name": _r("cosine"),
-        "warmup_epochs": _r(warmup, f"{'one epoch' if warmup else 'none'} of {epochs}"),
+        "name": _r("cosine", "decays to the run's last step, also when --time-budget shortens the run"),
+        "warmup": _r(warmup, f"fraction of the run: {round(warmup * epochs * ipe)} of {epochs * ipe} steps"),
     }
     measured = f"measured {m.step_s:.3f} s/step at {crops} crops of {patch}, peak {m.peak_gb:.2f} GB ({device})"
     plan["train"] = {
-        "epochs": _r(epochs, f"{total_iters} steps fit: {measured}"),
+        "epochs": _r(
+            epochs,
+            f"{total_iters} steps fit: {measured}; planned {OVERPLAN:g}x as many, train.time_budget ends the run "
+            "and the schedule is fitted to the steps that do",
+        ),
         "iterations_per_epoch": _r(ipe, f"+{DATA_OVERHEAD:.0%} for data loading"),
         "batch_size": _r(batch_size, batch_reason),
         "val_every": _r(val_every, f"{n_val} validations of ~{val_s:.0f} s ({windows} windows at overlap {overlap})"),
-        "time_budget": _r(round(float(budget_minutes), 2), f"predicted run {predicted_s / 60:.1f} min incl. start-up"),
+        "time_budget": _r(
+            round(max(0.05, (budget_s - min(val_s, 0.1 * train_s)) / 60), 2),
+            f"the {budget_minutes:g} min budget, from the command's start (loading and caching included), less the "
+            f"last validation; predicted run {predicted_s / 60:.1f} min ({startup_s:.0f} s of it start-up)",
+        ),
         "device": _r(device, "the device the steps were timed on"),
     }
     if m.threads:
@@ -729,10 +766,18 @@ def write_plan(
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: CUDA is not available on this machine")
     output = Path(output)
+    started = runtime.command_start()  # this command's imports so far: what `medseg train` pays again
+    import_s = time.perf_counter() - started if started is not None and measure is None else None
     fp = compute_fingerprint(root, fmt, output_dir=output.parent, progress=progress)
     fp = {**fp, "format_detected": fmt is None}
     plan = plan_config(
-        fp, budget_minutes=budget_minutes, device=device, memory_gb=memory_gb, network=network, measure=measure
+        fp,
+        budget_minutes=budget_minutes,
+        device=device,
+        memory_gb=memory_gb,
+        network=network,
+        measure=measure,
+        import_s=import_s,
     )
     plan_task(plan, fp, task)
     header = [

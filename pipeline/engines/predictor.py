@@ -18,6 +18,7 @@ e.g. 0/255 for DRIVE), so a prediction looks like the dataset's own labels.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -263,6 +264,7 @@ class Predictor:
                 mode=self.infer["mode"],
                 sw_batch_size=self.infer["sw_batch_size"] or "auto",
                 tta=self.infer["tta"],
+                tta_axes=self.config["transforms"]["augment"]["flip"]["axes"],  # the axes training flips
                 compile=self.infer["compile"],
                 amp_dtype=self.amp_dtype,
                 device=self.device,
@@ -517,6 +519,14 @@ def _load_reference(config: Config, item: Mapping[str, Any]) -> tuple[np.ndarray
     return np.asarray(label)[0].astype(np.int64), spacing, fov
 
 
+def _all_labelled(config: Config) -> list[dict[str, Any]]:
+    """Every case of the config's dataset root that has a label (its own test set included), unsplit."""
+    from pipeline.data.datalist import read_dataset
+
+    dataset = read_dataset(config["data"])
+    return [item for item in [*dataset.items, *(dataset.test or [])] if item.get(keys.LABEL)]
+
+
 def evaluate_split(
     checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -535,6 +545,7 @@ def evaluate_split(
     postprocessing: str | os.PathLike | Mapping[str, Any] | None = None,
     use_postprocessing: bool = True,
     save_probabilities: bool = False,
+    data_root: str | os.PathLike | None = None,
 ):
     """Run inference on a split of the configured dataset and evaluate it against its labels.
 
@@ -551,6 +562,8 @@ def evaluate_split(
         classes: foreground classes to report (default: every class of the network).
         postprocessing / use_postprocessing: as :func:`run_inference`.
         save_probabilities: with ``save_predictions``, also ``<case>_probabilities.npz`` (float16).
+        data_root: score every labelled case of this dataset root instead of a split (a held-out
+            folder in the config's layout: ``data.root`` replaced, no split, ``split`` ignored).
 
     Returns:
         The filled :class:`pipeline.engines.evaluator.Evaluator` (already written to ``output``).
@@ -563,8 +576,17 @@ def evaluate_split(
 
     members = checkpoint_paths(checkpoint)
     base = None if config_path is not None else load_checkpoint(members[0])["config"]
+    if data_root is not None:
+        if not Path(data_root).is_dir():
+            raise MedsegError(f"--data {data_root}: not a folder")
+        overrides = [*overrides, f"data.root={json.dumps(str(data_root))}"]  # a JSON string is a YAML string
     config = fill_label_values(load_config(config_path, overrides, base=base))
-    items = load_datalist(config["data"]).get(split) or []
+    if data_root is not None:
+        items, split = _all_labelled(config), "every case"
+        if not items:
+            raise MedsegError(f"--data {data_root}: no labelled cases in the {config['data']['format']} layout")
+    else:
+        items = load_datalist(config["data"]).get(split) or []
     if not items:
         raise MedsegError(f"data: the {split!r} split is empty; check data.root and the split fractions")
     check_outputs(output, overwrite)

@@ -345,10 +345,11 @@ def _build_trainer(
             )
         loss = factory.build_loss(config)
         optimizer = factory.build_optimizer(config, network.parameters())
-        scheduler = factory.build_scheduler(config, optimizer)
         train_loader, val_loader = build_loaders(
             config, splits, loss, run_dir, device, rank=dist.rank, world_size=dist.world_size
         )
+        steps_per_epoch = config["train"]["iterations_per_epoch"] or len(train_loader)
+        scheduler = factory.build_scheduler(config, optimizer, steps_per_epoch)
     except MedsegError as err:
         error = err
     _agree_on_failure(error, dist, device)

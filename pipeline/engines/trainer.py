@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import runtime
 from pipeline.config import Config
-from pipeline.engines import preemption, report
+from pipeline.engines import batchnorm, preemption, report
 from pipeline.engines.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.engines.inferer import WindowCache, autocast, autocast_dtype, needs_grad_scaler, predict, to_labels
 from pipeline.errors import MedsegError
@@ -88,6 +89,7 @@ class TrainState:
     best_epoch: int = -1
     bad_validations: int = 0
     elapsed: float = 0.0  # training seconds over all sessions of this run
+    steps: int = 0  # optimisation steps over all sessions (the schedules' position)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -107,7 +109,8 @@ class Trainer:
         loss: ``loss(pred, label, **extras)``; ``extras`` are the batch keys the loss lists in
             ``extra_inputs`` (a batch without one is an error); a loss with ``set_epoch`` is told
             the epoch before each one.
-        optimizer / scheduler: built; the scheduler is stepped once per epoch.
+        optimizer / scheduler: built; the scheduler is stepped once per training step (a
+            :class:`~pipeline.engines.optim.RunLR` is fitted to ``train.time_budget``).
         train_loader: yields dicts with ``image`` ``BCHW[D]`` and ``label`` ``B1HW[D]``.
         val_loader: whole images, batch size 1; ``None`` disables validation.
         config: the resolved config (:func:`pipeline.config.load_config`); the trainer reads
@@ -190,6 +193,8 @@ class Trainer:
         self._best_pending = False
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted run stopped in its epoch
         self._curves_pending, self._curves_drawn = False, -math.inf
+        self._fitted_steps: int | None = None
+        self._rate_origin: tuple[float, int] | None = None
         self._tb = self._tensorboard() if train["tensorboard"] and self.is_main else None
 
     @property
@@ -311,9 +316,16 @@ class Trainer:
     # ------------------------------------------------------------------ hooks
 
     def on_train_start(self) -> None:
-        """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder."""
-        self._session_start = time.perf_counter() - self.state.elapsed
+        """Once per :meth:`fit`, before the first epoch: starts the clock, creates the run folder.
+
+        The clock (``train.time_budget``, the elapsed time saved in checkpoints) starts with the
+        ``medseg`` command (:func:`pipeline.runtime.command_start`), so the budget covers its
+        start-up too; a resumed run adds the time of its earlier sessions."""
+        started = runtime.command_start()
+        now = time.perf_counter()
+        self._session_start = (started if started is not None and started <= now else now) - self.state.elapsed
         self._first_epoch, self._elapsed_at_start = self.state.epoch, self.state.elapsed
+        self._fitted_steps, self._rate_origin = None, None
         self._budget_hit = False
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -350,7 +362,7 @@ class Trainer:
             reach = self.state.epoch + self.time_budget * 60 / (seconds / steps * self._steps_per_epoch())
             line += (
                 f"; warning: longer than train.time_budget ({self.time_budget:g} min), which stops it at about "
-                f"epoch {int(reach)} of {self.epochs}"
+                f"epoch {int(reach)} of {self.epochs}; the learning-rate schedule is fitted to it"
             )
         return line
 
@@ -360,6 +372,7 @@ class Trainer:
         set_epoch = getattr(self.loss, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
+        self._loss_progress()
         self.network.train()
 
     def train_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -446,8 +459,8 @@ class Trainer:
         self.state.elapsed = time.perf_counter() - self._session_start
         record["time_min"] = round(self.state.elapsed / 60, 3)
         self.state.history.append(record)
-        if self.scheduler is not None:
-            self.scheduler.step()
+        if self.time_budget is not None:
+            self._fit_to_budget()  # validation included in the rate from the first epoch on
         # best before last: a kill between the two leaves last.pt at the previous epoch, whose resume
         # redoes this one and rewrites best.pt, instead of a last.pt whose best.pt never got written
         if self._best_pending:
@@ -486,7 +499,10 @@ class Trainer:
             parts.append(f"val {self.val_metric} {record[column]:.4f}{classes}")
         parts += [f"lr {record['lr']:.2e}", f"{per_epoch:.1f} s/epoch"]
         if epoch < self.epochs:
-            parts.append(f"ETA {per_epoch * (self.epochs - epoch) / 60:.1f} min")
+            eta = per_epoch * (self.epochs - epoch)
+            if self.time_budget is not None:  # the budget ends it first
+                eta = min(eta, max(0.0, self.time_budget * 60 - self.state.elapsed))
+            parts.append(f"ETA {eta / 60:.1f} min")
         return "  ".join(parts)
 
     def on_train_end(self) -> None:
@@ -535,10 +551,15 @@ class Trainer:
                     timed_from = time.perf_counter()  # after the first step: compile, caches and allocator warm-up
                 losses.append(self.train_step(batch))
                 done += 1
+                self._advance_schedules()
                 bar.update()
                 if first and self.is_main and done == min(skip + 4, total) and done > skip + 1:
                     torch.stack(losses[-1:]).sum().item()  # wait for the device before reading the clock
                     tqdm.write(self._estimate(done - skip - 1, time.perf_counter() - timed_from), file=sys.stdout)
+                if first and self.time_budget is not None and done == min(skip + 4, total) and done > skip + 1:
+                    torch.stack(losses[-1:]).sum().item()
+                    seconds_per_step = (time.perf_counter() - timed_from) / (done - skip - 1)
+                    self._fit_to_budget(seconds_per_step)  # every rank: it all-reduces
                 if self._preempt_requested(done):
                     bar.close()
                     self._stop_preempted(epoch, done, losses)
@@ -582,6 +603,63 @@ class Trainer:
             state["mid_epoch"] = {"epoch": epoch, "step": step, "losses": torch.stack(losses).cpu()}
             save_checkpoint(state, path, keep_previous=True)
         raise preemption.Preempted(preemption.requested() or 15, str(path.resolve()), epoch + 1, step)
+
+    def _advance_schedules(self) -> None:
+        """After each optimisation step: the learning rate and the loss weights move to the next step."""
+        self.state.steps += 1
+        if self._rate_origin is None:  # the session's rate is timed from its first step on (not start-up)
+            self._rate_origin = (time.perf_counter(), self.state.steps)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._loss_progress()
+
+    def _loss_progress(self) -> None:
+        """Tell a loss with ``set_progress`` the fraction of the run done (its weight ramps)."""
+        set_progress = getattr(self.loss, "set_progress", None)
+        if callable(set_progress):
+            set_progress(min(1.0, self.state.steps / self.total_steps))
+
+    @property
+    def total_steps(self) -> int:
+        """The run's length in steps: ``train.epochs`` × steps per epoch, or fewer when fitted to the budget."""
+        return self._fitted_steps or self.epochs * self._steps_per_epoch()
+
+    def _fit_to_budget(self, seconds_per_step: float | None = None) -> None:
+        """Shorten the schedules to the steps that ``train.time_budget`` leaves room for, at the
+        measured rate (``seconds_per_step``, else this session's wall time per step since its first
+        step, validation and checkpoints included), so the learning rate reaches the end of its curve when time
+        runs out instead of the run stopping mid-warm-up; never longer than ``train.epochs``.
+        Every DDP rank takes the shortest estimate, so their rates stay equal."""
+        now = time.perf_counter()
+        if seconds_per_step is None:
+            if self._rate_origin is None or self.state.steps <= self._rate_origin[1]:
+                return
+            seconds_per_step = (now - self._rate_origin[0]) / (self.state.steps - self._rate_origin[1])
+        left = self.time_budget * 60 - (now - self._session_start)
+        fit = self.state.steps + max(1, int(left / max(seconds_per_step, 1e-9)))
+        total = min(self.epochs * self._steps_per_epoch(), fit)
+        if self.world_size > 1:
+            value = torch.tensor([float(total)], device=self.device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+            total = int(value.item())
+        self._fitted_steps = total
+        rescale = getattr(self.scheduler, "rescale", None)
+        if callable(rescale):
+            rescale(total)
+
+    def recalibrate_norm(self) -> None:
+        """While the run has taken few steps, batch-norm running statistics are recomputed from
+        the current weights on training patches before validation and the checkpoints
+        (:mod:`pipeline.engines.batchnorm`); nothing for other norms or later on."""
+        if not batchnorm.needs_recalibration(self.model, self.state.steps):
+            return
+
+        def forward(batch: Mapping[str, Any]) -> None:
+            with autocast(self.device, self.amp_dtype):
+                self.model(self._move(batch, (keys.IMAGE,))[keys.IMAGE])
+
+        batches = batchnorm.recalibration_batches(self._steps_per_epoch())
+        batchnorm.recalibrate_batch_norm(self.model, self.train_loader, batches, forward)
 
     def _out_of_time(self, steps: int) -> bool:
         """Whether ``train.time_budget`` is spent, checked after every step (under DDP every tenth,
@@ -629,6 +707,7 @@ class Trainer:
                 self.on_epoch_start(epoch)
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
                 record["train_loss"] = self.train_epoch(epoch)
+                self.recalibrate_norm()
                 record.update({f"w_{k}": v for k, v in self.loss_weights().items()})
                 over_budget = self._budget_hit or self._all_ranks_any(
                     self.time_budget is not None and time.perf_counter() - self._session_start > self.time_budget * 60

@@ -97,6 +97,10 @@ class CompoundLoss(_Loss):
         alpha: boundary weight at epoch 0 (the constant weight for ``"constant"``).
         alpha_end: ``"linear"``: boundary weight after the ramp.
         ramp_epochs: ``"linear"``: epochs to go from ``alpha`` to ``alpha_end``.
+        ramp: ``"linear"``: the *fraction of the run* (in (0, 1]) to go from ``alpha`` to
+            ``alpha_end`` instead of ``ramp_epochs``, so the ramp fits any run length (and a run
+            the trainer shortened to its time budget); the weights then follow
+            :meth:`set_progress`, which the trainer calls after every step.
         step: ``"rebalance"``: weight moved from region to boundary per epoch.
         region_floor: ``"rebalance"``: the lowest region weight.
         alpha_max: optional cap on the boundary weight.
@@ -124,6 +128,7 @@ class CompoundLoss(_Loss):
         step: float = 0.01,
         region_floor: float = 0.1,
         alpha_max: float | None = None,
+        ramp: float | None = None,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -133,6 +138,10 @@ class CompoundLoss(_Loss):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) or ramp_epochs < 0:
             raise ValueError(f"ramp_epochs must be an int >= 0, got {ramp_epochs!r}")
+        if ramp is not None and not (isinstance(ramp, (int, float)) and 0.0 < ramp <= 1.0):
+            raise ValueError(f"ramp must be a fraction of the run in (0, 1], got {ramp!r}")
+        if ramp is not None and schedule != "linear":
+            raise ValueError(f"ramp is a setting of schedule 'linear', not {schedule!r}")
         if not 0.0 <= region_floor <= 1.0:
             raise ValueError(f"region_floor must be in [0, 1], got {region_floor!r}")
         if alpha_max is not None and alpha_max < alpha:
@@ -140,6 +149,8 @@ class CompoundLoss(_Loss):
         self.region = _build(region if region is not None else _DEFAULT_REGION, "region")
         self.boundary = _build(boundary if boundary is not None else _DEFAULT_BOUNDARY, "boundary")
         self.schedule = schedule
+        self.ramp = None if ramp is None else float(ramp)
+        self.progress = 0.0
         self._schedule_args = {
             "alpha": alpha,
             "alpha_end": alpha_end,
@@ -164,7 +175,26 @@ class CompoundLoss(_Loss):
         for term in (self.region, self.boundary):  # nested schedulable terms follow along
             if hasattr(term, "set_epoch"):
                 term.set_epoch(epoch)
-        self.region_weight, self.boundary_weight = schedule_weights(self.schedule, epoch, **self._schedule_args)
+        self._update_weights()
+
+    def set_progress(self, fraction: float) -> None:
+        """The fraction of the run done (0 to 1); moves a ``ramp`` schedule, no effect otherwise."""
+        self.progress = min(1.0, max(0.0, float(fraction)))
+        for term in (self.region, self.boundary):
+            if hasattr(term, "set_progress"):
+                term.set_progress(self.progress)
+        self._update_weights()
+
+    def _update_weights(self) -> None:
+        if self.ramp is None:
+            self.region_weight, self.boundary_weight = schedule_weights(
+                self.schedule, self.epoch, **self._schedule_args
+            )
+            return
+        # the linear ramp over a fraction of the run (what ramp_epochs does over epochs)
+        alpha, end, cap = (self._schedule_args[k] for k in ("alpha", "alpha_end", "alpha_max"))
+        boundary = alpha + (end - alpha) * min(1.0, self.progress / self.ramp)
+        self.region_weight, self.boundary_weight = 1.0, round(boundary if cap is None else min(boundary, cap), 12)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -64,6 +64,11 @@ class DeepSupervisionLoss(_Loss):
         if hasattr(self.loss, "set_epoch"):
             self.loss.set_epoch(epoch)
 
+    def set_progress(self, fraction: float) -> None:
+        """Forward the fraction of the run done to the wrapped loss when it follows it."""
+        if hasattr(self.loss, "set_progress"):
+            self.loss.set_progress(fraction)
+
     @property
     def weights(self) -> dict[str, float]:
         """The wrapped loss's current term weights (for logging); ``{}`` when it has none."""
