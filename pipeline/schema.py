@@ -140,6 +140,19 @@ class Field:
                 value = float(value)
         return value
 
+    def _yaml_word(self, value: Any) -> Any:
+        """YAML 1.1 reads ``off``/``no`` as false and ``on``/``yes`` as true: for a string field
+        whose choices hold such a word, the boolean means that word (``--set train.amp=off``).
+
+        Example:
+            >>> Field(str, "auto", choices=("auto", "off")).validate(False, "train.amp")
+            'off'
+        """
+        if self.kind is not str or not isinstance(value, bool) or self.choices is None:
+            return value
+        words = ("on", "yes", "true") if value else ("off", "no", "false")
+        return next((w for w in words if w in self.choices), value)
+
     def validate(self, value: Any, where: str) -> Any:
         if value is None:
             if self.nullable:
@@ -160,7 +173,7 @@ class Field:
                 raise ConfigError(f"expected mapping, got {_describe(value)}", key=where)
             value = dict(value)
         else:
-            value = self._check_scalar(value, self.kind, where)
+            value = self._check_scalar(self._yaml_word(value), self.kind, where)
         choices = self.choices
         if choices is not None and value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)

@@ -187,3 +187,14 @@ def test_parse_overrides_values_are_yaml():
         ("d", ""),
         ("e", "x y"),
     ]
+
+
+@pytest.mark.parametrize(("word", "expected"), [("off", "off"), ("no", "off"), ("auto", "auto")])
+def test_yaml_words_for_booleans_mean_the_choice(word, expected):
+    """``--set train.amp=off`` reaches the schema as YAML 1.1's false: it means the choice ``off``."""
+    from pipeline.schema import Field
+
+    field = Field(str, "auto", choices=("auto", "bf16", "fp16", "off"))
+    assert field.validate(yaml.safe_load(word), "train.amp") == expected
+    with pytest.raises(ConfigError):
+        Field(str, "a", choices=("a", "b")).validate(False, "x")  # no such word among the choices: still an error
