@@ -195,9 +195,8 @@ def _overlays(config_path: Path, overrides: Sequence[str], pred_dir: Path, out_d
     written = []
     for item in _test_items(config_path, overrides)[:limit]:
         source = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
-        view = load_case_view(
-            str(item.get("case", Path(source).name)), source, item["label"], pred_dir / output_name(source)
-        )
+        case = str(item.get("case", Path(source).name))
+        view = load_case_view(case, source, item["label"], pred_dir / output_name(source), fov=item.get("fov"))
         target = out_dir / f"{Path(output_name(source)).name.split('.')[0]}.png"
         buf = io.BytesIO()
         overlay_figure(view).savefig(buf, format="png", dpi=80)

@@ -229,3 +229,23 @@ def test_the_slices_of_two_lungs_cut_a_lung_not_the_empty_middle():
     view = views.CaseView("two", None, truth, truth.copy(), (1.0, 1.0, 1.0))
     x, y, z = views.focus_point(view)
     assert (2 <= x < 7 or 13 <= x < 19) and (y, z) == (6, 5), (x, y, z)  # in a lung, mid-height
+
+
+def test_per_image_dice_is_scored_inside_the_field_of_view(tmp_path):
+    """The picture's Dice equals the evaluation's: outside DRIVE's field of view nothing counts."""
+    import numpy as np
+
+    from pipeline.engines.views import dice_text, load_case_view
+    from pipeline.io import write_label
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:10, 5:10] = 255
+    pred = truth.copy()
+    pred[15:19, 15:19] = 255  # a false positive outside the field of view
+    fov = np.zeros((20, 20), np.uint8)
+    fov[:12, :12] = 255
+    for name, array in (("t.png", truth), ("p.png", pred), ("f.png", fov)):
+        write_label(tmp_path / name, array)
+    args = ("c", None, tmp_path / "t.png", tmp_path / "p.png", [0, 255])
+    assert dice_text(load_case_view(*args, fov=tmp_path / "f.png")) == "Dice 1.000"
+    assert dice_text(load_case_view(*args)) == f"Dice {2 * 25 / (25 + 41):.3f}"

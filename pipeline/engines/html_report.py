@@ -212,7 +212,9 @@ def _case_block(entry: Mapping[str, Any], label_values: Sequence[float] | None) 
 
     case = str(entry.get("case"))
     try:
-        view = load_case_view(case, entry.get("image"), entry.get("label"), entry.get("prediction"), label_values)
+        view = load_case_view(
+            case, entry.get("image"), entry.get("label"), entry.get("prediction"), label_values, entry.get("fov")
+        )
     except (DataError, OSError, ValueError) as err:  # a report never fails the evaluation it reports
         return f'<div class="case"><h3>{html.escape(case)}</h3><p>cannot be shown: {html.escape(str(err))}</p></div>'
     title = f"<h3>{html.escape(case)}: {html.escape(dice_text(view))}</h3>"

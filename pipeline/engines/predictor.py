@@ -619,7 +619,7 @@ def evaluate_split(
             probs = result.probabilities if save_probabilities else None
             write_prediction(predictor.raw_values(result.labels), source, pred_dir / output_name(source), probs)
             pictured.append({"case": item.get(keys.CASE), "image": source, "label": item[keys.LABEL],
-                             "prediction": pred_dir / output_name(source)})  # fmt: skip
+                             "prediction": pred_dir / output_name(source), "fov": item.get(keys.FOV)})  # fmt: skip
     evaluator.write(output, overwrite=overwrite)
     if pictured:
         html_report.write_case_index(output, pictured, config["transforms"]["label_values"])

@@ -55,6 +55,7 @@ class CaseView:
         grey: the image in grey, scaled to [0, 1] (1st-99th percentile); None without an image.
         truth / pred: class indices (0 background); None when absent.
         spacing: the label's voxel size (for the aspect of volume slices).
+        fov: the field of view (DRIVE's mask) where the case is scored, None for all of it.
     """
 
     case: str
@@ -62,6 +63,7 @@ class CaseView:
     truth: np.ndarray | None
     pred: np.ndarray | None
     spacing: tuple[float, ...]
+    fov: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,6 +93,7 @@ def load_case_view(
     truth: str | os.PathLike | Sequence[str | os.PathLike] | None,
     pred: str | os.PathLike | None,
     label_values: Sequence[float] | None = None,
+    fov: str | os.PathLike | None = None,
 ) -> CaseView:
     """Read a case's files; ``truth`` may be several masks (DSB2018: one per nucleus, joined as
     class 1). Raw label values become class indices with ``label_values`` (the run's table),
@@ -129,7 +132,10 @@ def load_case_view(
     grey = _grey(image) if image is not None else None
     view = CaseView(str(case), grey, classes(raw_truth), classes(raw_pred), spacing)
     ndim = len(view.shape)
-    return CaseView(view.case, view.grey, view.truth, view.pred, tuple(spacing or (1.0,) * ndim)[:ndim])
+    mask = read_label(fov).array > 0 if fov is not None else None
+    if mask is not None and mask.shape != view.shape:
+        mask = None  # a field of view on another grid cannot say where the case is scored
+    return CaseView(view.case, view.grey, view.truth, view.pred, tuple(spacing or (1.0,) * ndim)[:ndim], mask)
 
 
 def error_map(truth: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
@@ -145,14 +151,16 @@ def error_map(truth: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
 
 
 def dice_text(view: CaseView) -> str:
-    """``Dice 0.912`` (one class) or ``Dice 1: 0.91, 2: 0.78``, over the whole image or volume."""
+    """``Dice 0.912`` (one class) or ``Dice 1: 0.91, 2: 0.78``, over the whole image or volume, or
+    inside its field of view where the case has one (as the evaluation scores it)."""
     if view.truth is None or view.pred is None:
         return "no prediction" if view.pred is None else "no reference"
     classes = sorted(set(np.unique(view.truth).tolist()) | set(np.unique(view.pred).tolist()) - {0})
     classes = [c for c in classes if c] or [1]
+    inside = view.fov if view.fov is not None else True
     values = []
     for c in classes:
-        t, p = view.truth == c, view.pred == c
+        t, p = (view.truth == c) & inside, (view.pred == c) & inside
         denom = int(t.sum() + p.sum())
         values.append(1.0 if denom == 0 else 2 * int((t & p).sum()) / denom)
     if len(values) == 1:
