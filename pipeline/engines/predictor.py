@@ -62,6 +62,7 @@ from transforms import keys
 __all__ = [
     "Predictor",
     "Prediction",
+    "Segmenter",
     "run_inference",
     "evaluate_split",
     "output_name",
@@ -318,6 +319,72 @@ def _source_spacing(image: Any, spatial_dims: int) -> tuple[float, ...] | None:
     return tuple(float(v) for v in np.linalg.norm(affine[:-1, :spatial_dims], axis=0))
 
 
+class Segmenter:
+    """A trained network that segments one image at a time.
+
+    Args:
+        predictor: the :class:`~pipeline.engines.predictor.Predictor` to use; usually made by
+            :meth:`from_checkpoint`.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        *,
+        config: Config | None = None,
+        tta: bool | None = None,
+        sw_batch_size: int | None = None,
+        overlap: float | None = None,
+        progress: bool = False,
+    ) -> Segmenter:
+        """Load a medseg checkpoint (``weights_only``) for ``device`` (``cpu``, ``cuda``, ``auto``).
+
+        The other options override the checkpoint's ``infer`` settings, as ``medseg infer`` does.
+
+        Raises:
+            MedsegError: a damaged checkpoint or weights that do not fit its network.
+        """
+        predictor = Predictor(
+            path, config, device=device, tta=tta, sw_batch_size=sw_batch_size, overlap=overlap, progress=progress
+        )
+        return cls(predictor)
+
+    @property
+    def label_values(self) -> list[int] | None:
+        """The raw label value of each class (``transforms.label_values``), what :meth:`predict` returns."""
+        return self.predictor.label_values
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.predictor.config.spatial_dims
+
+    def segment(self, image: Any, spacing: Sequence[float] | None = None) -> Prediction:
+        """Probabilities, class indices and the transformed input (:class:`Prediction`) of one image."""
+        return self.predictor(image, spacing=spacing)
+
+    def predict(self, image: Any, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """The label map of ``image`` in its own shape and axis order, as raw label values (the
+        dataset's, e.g. 0/255; what ``medseg infer`` writes).
+
+        Raises:
+            MedsegError: an input of the wrong shape or type (one line), out of memory.
+            DataError: a path that cannot be read.
+        """
+        return self.predictor.raw_values(self.segment(image, spacing).labels)
+
+    def predict_proba(self, image: Any, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Class probabilities ``K`` x the input's spatial shape, float32 (one foreground
+        channel for a sigmoid network)."""
+        return self.segment(image, spacing).probabilities.numpy()
+
+    __call__ = predict
+
+
 def _out_of_memory(err: BaseException) -> bool:
     """CUDA's OutOfMemoryError, NumPy's MemoryError, or the CPU allocator's RuntimeError."""
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
@@ -478,10 +545,11 @@ def run_inference(
         if not os.access(output, os.W_OK):
             raise MedsegError(f"{output}: the output folder is not writable")
         predictor = Predictor(members, config, device=device, tta=tta, progress=progress, postprocessing=spec)
+        segmenter = Segmenter(predictor)  # the Python API's object: one code path for files and arrays
         keep_probs = predictor.infer["save_probabilities"] if save_probabilities is None else save_probabilities
         where = f" (part {part + 1} of {parts})" if parts > 1 else ""
         for path, target in tqdm(jobs, desc=f"cases{where}", disable=None if progress else True):
-            result = predictor(path)
+            result = segmenter.segment(path)
             if is_instance(predictor.config):  # one id per object and <stem>_objects.csv
                 task = predictor.config["task"]
                 if keep_probs:  # the probabilities file (its class map is replaced by the instance map below)
