@@ -54,3 +54,17 @@ def test_planned_run_honours_its_budget_within_ten_percent(tmp_path):
     assert planned["train"]["epochs"] >= 1
     print(f"planned 24 s, took {wall:.1f} s")
     assert abs(wall - 24.0) <= 2.4, f"planned 24 s, took {wall:.1f} s"
+
+
+@pytest.mark.slow
+def test_a_run_the_budget_shortens_validates_about_as_often_as_configured(tmp_path):
+    """``epochs: 500, val_every: 50`` asks for 10 validations; a budget that holds a few dozen
+    epochs still gets several, not one at the end (plans are written for more epochs than fit)."""
+    root = write_folders(tmp_path / "data", n=6, size=40)
+    cfg = tiny_config(root, tmp_path / "run", train={"epochs": 500, "time_budget": 0.1, "val_every": 50})
+    summary = run_training(write_config(tmp_path / "cfg.yaml", cfg), [], progress=False)
+    assert summary["stop_reason"].startswith("time budget") and 5 < summary["epochs"] < 500
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    validated = [r for r in rows[1:] if r.split(",")[header.index("val_dice")]]
+    assert 4 <= len(validated) <= 14, (len(validated), summary["epochs"])

@@ -173,6 +173,7 @@ class Trainer:
         self.device = device
         self.epochs = train["epochs"]
         self.val_every = train["val_every"]
+        self._validations = max(1, self.epochs // self.val_every)  # kept when the budget shortens the run
         self.patience = train["patience"]
         self.time_budget = train["time_budget"]
         self.iterations_per_epoch = train["iterations_per_epoch"]
@@ -629,6 +630,7 @@ class Trainer:
         measured rate (``seconds_per_step``, else this session's wall time per step since its first
         step, validation and checkpoints included), so the learning rate reaches the end of its curve when time
         runs out instead of the run stopping mid-warm-up; never longer than ``train.epochs``.
+        ``val_every`` shrinks with the run, so it validates about as often as configured.
         Every DDP rank takes the shortest estimate, so their rates stay equal."""
         now = time.perf_counter()
         if seconds_per_step is None:
@@ -646,6 +648,11 @@ class Trainer:
         rescale = getattr(self.scheduler, "rescale", None)
         if callable(rescale):
             rescale(total)
+        # the validations ``train.epochs`` and ``train.val_every`` ask for, spread over the fitted
+        # run: a plan is written for more epochs than its timing says fit (planner.OVERPLAN), and
+        # its val_every would otherwise leave a shortened run with a validation or two
+        epochs = max(1, math.ceil(total / self._steps_per_epoch()))
+        self.val_every = max(1, min(self.config["train"]["val_every"], round(epochs / self._validations)))
 
     def recalibrate_norm(self) -> None:
         """While the run has taken few steps, batch-norm running statistics are recomputed from
