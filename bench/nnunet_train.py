@@ -37,12 +37,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from PIL import Image
 
 from bench.plan import _dice, _medseg, _timed
 from bench.plan import run as plan_run
+from pipeline.engines.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = 517
@@ -224,7 +224,7 @@ def run_medseg(work: Path, minutes: float, n: int) -> dict:
     )
     last = folder / "run_planned" / "checkpoints" / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)["train_state"]
+        state = load_checkpoint(last)["train_state"]
         out.update({"steps": state["steps"], "epochs": state["epoch"], "loop_min": state["elapsed"] / 60})
     return out
 

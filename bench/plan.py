@@ -146,7 +146,10 @@ def run(kind: str, budget: float, work: Path, n: int, network: str, which: tuple
             tcode, train_s, train_gb = _medseg(train, out / f"train_{name}.log", timeout=timeout)
         row.update({"train_min": train_s / 60, "train_peak_gb": train_gb})
         if tcode:
-            what = "killed after 3x budget + 5 min" if tcode == -9 else f"train failed (exit {tcode})"
+            if tcode == -9:
+                what = "killed after 3x budget + 5 min" if train_s >= timeout else "killed (SIGKILL: out of memory?)"
+            else:
+                what = f"train failed (exit {tcode})"
             row["error"] = f"{what}, {out / f'train_{name}.log'}"
             rows.append(row)
             continue
