@@ -66,6 +66,8 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         self.started = time.perf_counter()
         self.num_iterations_per_epoch = 50
         self.steps_done = 0
+        self.train_s = 0.0  # training iterations only (batch wait + step), epochs after the first
+        self.steady_steps = 0
 
     def train_step(self, batch):
         self.steps_done += 1
@@ -88,7 +90,11 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         while self.current_epoch < self.num_epochs:
             self.on_epoch_start()
             self.on_train_epoch_start()
+            start = time.perf_counter()
             outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            if self.current_epoch > 0:  # steady state: the first epoch starts the augmentation workers
+                self.train_s += time.perf_counter() - start
+                self.steady_steps += self.num_iterations_per_epoch
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
@@ -98,7 +104,8 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             self.on_epoch_end()
         self.on_train_end()
         with open(os.environ["MEDSEG_BENCH_STEPS"], "w") as f:
-            f.write(f"{self.steps_done} {self.current_epoch} {time.perf_counter() - self.started:.1f}")
+            loop = time.perf_counter() - self.started
+            f.write(f"{self.steps_done} {self.current_epoch} {loop:.1f} {self.steady_steps} {self.train_s:.1f}")
 '''
 
 
@@ -178,8 +185,10 @@ def run_nnunet(drive: Path, work: Path, minutes: float, venv: Path) -> dict:
     if code:
         row["error"] = f"train failed (exit {code}, {work / 'train.log'})"
         return row
-    steps, epochs, loop_s = (work / "steps.txt").read_text().split()
+    steps, epochs, loop_s, steady, train_s = (work / "steps.txt").read_text().split()
     row.update({"steps": int(steps), "epochs": int(epochs), "loop_min": float(loop_s) / 60})
+    if int(steady):  # its training iterations alone, without its 50 validation iterations per epoch
+        row["train_step_s"] = float(train_s) / int(steady)
     pred = work / "pred"
     code, pred_s, _ = _timed(
         ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(DATASET), "-c", "2d"]
@@ -235,9 +244,9 @@ def table(rows: list[dict]) -> str:
 
     lines = [
         "| tool | setup | prepare (min) | train wall (min) | training loop (min) | epochs | optimizer steps "
-        "| steps/min | train peak (GB) "
+        "| steps/min | s per training iteration | train peak (GB) "
         "| predict (min) | test Dice | note |",
-        "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- |",
+        "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- |",
     ]
     for r in rows:
         rate = r["steps"] / r["loop_min"] if r.get("steps") and r.get("loop_min") else None
@@ -245,6 +254,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['tool']} | {r.get('setup', '')} | {cell(r.get('prepare_min'), '.1f')} "
             f"| {cell(r.get('train_min'), '.1f')} | {cell(r.get('loop_min'), '.1f')} "
             f"| {cell(r.get('epochs'), 'd')} | {cell(r.get('steps'), 'd')} | {cell(rate, '.1f')} "
+            f"| {cell(r.get('train_step_s'), '.3f')} "
             f"| {cell(r.get('train_peak_gb'), '.2f')} | {cell(r.get('predict_min'), '.1f')} "
             f"| {cell(r.get('test_dice'), '.4f')} | {r.get('error', '')} |"
         )
