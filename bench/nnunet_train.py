@@ -113,7 +113,7 @@ def _gray(path: Path) -> np.ndarray:
     return (np.asarray(Image.open(path).convert("L")) > 0).astype(np.uint8)
 
 
-def convert_drive(drive: Path, raw: Path, truth: Path, fov: Path) -> list[str]:
+def convert_drive(drive: Path, raw: Path, truth: Path, fov: Path) -> None:
     """DRIVE layout → nnU-Net raw (``imagesTr``, ``labelsTr``, ``imagesTs``); test truth and FOV as 0/1 PNGs."""
     for d in (raw / "imagesTr", raw / "labelsTr", raw / "imagesTs", truth, fov):
         d.mkdir(parents=True, exist_ok=True)
@@ -124,13 +124,11 @@ def convert_drive(drive: Path, raw: Path, truth: Path, fov: Path) -> list[str]:
         label = drive / "training" / "1st_manual" / f"{case}_manual1.gif"
         Image.fromarray(_gray(label)).save(raw / "labelsTr" / f"v{case}.png")
         n_train += 1
-    test = []
     for image in sorted((drive / "test" / "images").iterdir()):
         case = image.name.split("_")[0]
         Image.open(image).convert("RGB").save(raw / "imagesTs" / f"v{case}_0000.png")
         Image.fromarray(_gray(drive / "test" / "1st_manual" / f"{case}_manual1.gif")).save(truth / f"v{case}.png")
         Image.fromarray(_gray(drive / "test" / "mask" / f"{case}_test_mask.gif")).save(fov / f"v{case}.png")
-        test.append(case)
     dataset = {
         "channel_names": {"0": "R", "1": "G", "2": "B"},
         "labels": {"background": 0, "vessel": 1},
@@ -138,7 +136,6 @@ def convert_drive(drive: Path, raw: Path, truth: Path, fov: Path) -> list[str]:
         "file_ending": ".png",
     }
     (raw / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    return test
 
 
 def run_nnunet(drive: Path, work: Path, minutes: float, venv: Path) -> dict:
@@ -158,47 +155,42 @@ def run_nnunet(drive: Path, work: Path, minutes: float, venv: Path) -> dict:
     truth, fov = work / "test_truth", work / "test_fov"
     convert_drive(drive, raw, truth, fov)
     row: dict = {"tool": "nnU-Net v2 (2d, nnUNetTrainer, 50 it/epoch)"}
-    code, pre_s, _ = _timed(
-        ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET), "-c", "2d", "-np", "1", "-npfp", "1"],
-        work / "preprocess.log",
-        env=env,
+
+    def step(name: str, cmd: list[str], timeout: float | None = None) -> tuple[bool, float, float]:
+        """Run one nnU-Net command (log ``work/NAME.log``); on failure note it in the row."""
+        code, seconds, peak = _timed(cmd, work / f"{name}.log", timeout=timeout, env=env)
+        if code:
+            row["error"] = f"{name} failed (exit {code}, {work / f'{name}.log'})"
+        return not code, seconds, peak
+
+    ok, pre_s, _ = step(
+        "preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET), "-c", "2d", "-np", "1", "-npfp", "1"]
     )
     row["prepare_min"] = pre_s / 60
-    if code:
-        row["error"] = f"preprocess failed (exit {code}, {work / 'preprocess.log'})"
+    if not ok:
         return row
-    plans = json.loads((work / "nnUNet_preprocessed" / NAME / "nnUNetPlans.json").read_text())
-    c2d = plans["configurations"]["2d"]
+    c2d = json.loads((work / "nnUNet_preprocessed" / NAME / "nnUNetPlans.json").read_text())["configurations"]["2d"]
+    widths = c2d["architecture"]["arch_kwargs"]["features_per_stage"]
     row["setup"] = (
         f"patch {'x'.join(map(str, c2d['patch_size']))}, batch {c2d['batch_size']}, "
-        f"{len(c2d['architecture']['arch_kwargs']['features_per_stage'])} stages, "
-        f"widths {c2d['architecture']['arch_kwargs']['features_per_stage'][0]}-"
-        f"{c2d['architecture']['arch_kwargs']['features_per_stage'][-1]}"
+        f"{len(widths)} stages, widths {widths[0]}-{widths[-1]}"
     )
-    code, train_s, train_gb = _timed(
-        ["nnUNetv2_train", str(DATASET), "2d", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu"],
-        work / "train.log",
-        timeout=(3 * minutes + 10) * 60,
-        env=env,
-    )
+    train = ["nnUNetv2_train", str(DATASET), "2d", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu"]
+    ok, train_s, train_gb = step("train", train, timeout=(3 * minutes + 10) * 60)
     row.update({"train_min": train_s / 60, "train_peak_gb": train_gb})
-    if code:
-        row["error"] = f"train failed (exit {code}, {work / 'train.log'})"
+    if not ok:
         return row
-    steps, epochs, loop_s, steady, train_s = (work / "steps.txt").read_text().split()
+    steps, epochs, loop_s, steady, steady_s = (work / "steps.txt").read_text().split()
     row.update({"steps": int(steps), "epochs": int(epochs), "loop_min": float(loop_s) / 60})
     if int(steady):  # its training iterations alone, without its 50 validation iterations per epoch
-        row["train_step_s"] = float(train_s) / int(steady)
+        row["train_step_s"] = float(steady_s) / int(steady)
     pred = work / "pred"
-    code, pred_s, _ = _timed(
-        ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(DATASET), "-c", "2d"]
-        + ["-f", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        work / "predict.log",
-        env=env,
+    predict = ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(DATASET), "-c", "2d"]
+    ok, pred_s, _ = step(
+        "predict", predict + ["-f", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu", "-npp", "1", "-nps", "1"]
     )
     row["predict_min"] = pred_s / 60
-    if code:
-        row["error"] = f"predict failed (exit {code}, {work / 'predict.log'})"
+    if not ok:
         return row
     row["test_dice"] = score(pred, truth, fov, work / "eval")
     return row
