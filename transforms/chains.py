@@ -13,7 +13,7 @@ One chain per mode, for 2D and 3D::
     -> [train] RecordSpacingd -> SpatialPadd -> RandCropByPosNegLabeld (num_samples, pos_neg_ratio)
                | RandCropByLabelClassesd (class_balanced: foreground crops shared evenly by class);
        from the crop on without MONAI's metadata (plain tensors: see :class:`Chain`)
-    -> [train] RandRotated, RandZoomd, RandFlipd (per axis), Rand{2,3}DElasticd
+    -> [train] RandSpatiald (rotation, zoom, flips per axis: one resample), Rand{2,3}DElasticd
     -> [train] RandAdjustContrastd (gamma), RandGaussianNoised, RandScaleIntensityFixedMeand (contrast)
     -> [train] the extra batch inputs a loss declares (``settings.inputs``, e.g. ``dist``:
        SignedDistanceMapd on the augmented crop), each built by its BATCH_INPUTS entry
@@ -67,11 +67,8 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
-    RandFlipd,
     RandGaussianNoised,
-    RandRotated,
     RandScaleIntensityFixedMeand,
-    RandZoomd,
     ScaleIntensityd,
     ScaleIntensityRanged,
     Spacingd,
@@ -81,7 +78,14 @@ from monai.transforms import (
 
 from pipeline.errors import DataError
 from pipeline.registry import BATCH_INPUTS
-from transforms.dictionary import ImageReader, LoadCased, MapLabelsd, RecordSpacingd, SelectChannelsd
+from transforms.dictionary import (
+    ImageReader,
+    LoadCased,
+    MapLabelsd,
+    RandSpatiald,
+    RecordSpacingd,
+    SelectChannelsd,
+)
 from transforms.instances import InstanceLabeld, InstanceTargetsd
 from transforms.keys import FOV, IMAGE, INSTANCE, LABEL, LABEL_SPACING
 
@@ -256,26 +260,26 @@ def _intensity(s: ChainSettings) -> list[Transform]:
 
 def _augment(s: ChainSettings, keys: list[str]) -> list[Transform]:
     a, dims = s.augment, s.spatial_dims
-    linear = "bilinear" if dims == 2 else "trilinear"
     grid = _grid(keys)
-    zoom = [linear if m == "bilinear" else "nearest" for m in grid]
     out: list[Transform] = []
-    if a["rotate"]["prob"] > 0:
-        rad = [math.radians(v) for v in a["rotate"]["degrees"]]
+    rotate, scale, flip = a["rotate"], a["scale"], a["flip"]
+    if rotate["prob"] > 0 or scale["prob"] > 0 or flip["prob"] > 0:
+        rad = [math.radians(v) for v in rotate["degrees"]]
         if dims == 2 or len(rad) == 1:
-            # MONAI's range_x is the in-plane angle in 2D; in 3D range_z rotates within axes (0, 1).
-            ranges = {"range_x": rad[0]} if dims == 2 else {"range_z": rad[0]}
-        else:
-            ranges = {"range_x": rad[0], "range_y": rad[1], "range_z": rad[2]}
-        out.append(RandRotated(keys, prob=a["rotate"]["prob"], mode=grid, allow_missing_keys=True, **ranges))
-    if a["scale"]["prob"] > 0:
-        lo, hi = a["scale"]["range"]
+            rad = rad[:1]  # 2D: the in-plane angle; 3D with one angle: within axes (0, 1)
         out.append(
-            RandZoomd(keys, prob=a["scale"]["prob"], min_zoom=lo, max_zoom=hi, mode=zoom, allow_missing_keys=True)
+            RandSpatiald(
+                keys,
+                grid,
+                rotate_prob=rotate["prob"],
+                ranges=rad,
+                zoom_prob=scale["prob"],
+                zoom_range=scale["range"],
+                flip_prob=flip["prob"],
+                flip_axes=flip["axes"] if flip["axes"] is not None else range(dims),
+                allow_missing_keys=True,
+            )
         )
-    if a["flip"]["prob"] > 0:
-        for axis in a["flip"]["axes"] if a["flip"]["axes"] is not None else range(dims):
-            out.append(RandFlipd(keys, prob=a["flip"]["prob"], spatial_axis=axis, allow_missing_keys=True))
     e = a["elastic"]
     if e["prob"] > 0:
         if dims == 2:
