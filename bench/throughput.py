@@ -10,6 +10,10 @@ to that measurement alone):
 - **bare**: the same network, loss, optimiser and batch shapes on random tensors made once: the
   ceiling, no data loading.
 
+The two run in ``--rounds`` interleaved blocks (medseg, bare, medseg, ...), each of whole epochs
+and ``--steps / --rounds`` steps or more, so that a change in the machine's load hits both; the
+ratio columns are the medians of the blocks' ratios, the other columns are over all blocks.
+
 Columns: steps/s, crop pixels (voxels) per second, system-time share of CPU time, minor page
 faults per step, peak RSS (process + its loader workers), and medseg / bare (steps/s, and CPU
 time per step: the steadier figure on a shared machine). ``--allocator off`` measures without
@@ -35,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,14 +202,27 @@ def measure(config_name: str, args: argparse.Namespace) -> dict:
         first = next(batches)
         for _ in range(per_epoch * args.warmup_epochs - 1):  # whole epochs: workers start and exit
             trainer.train_step(next(batches))
-        epochs = max(1, -(-args.steps // per_epoch))
-        a = _usage()
-        for _ in range(epochs * per_epoch):
-            trainer.train_step(next(batches))
-        # the next epoch's iterator is not started: the last one's workers have exited and been reaped
-        ours = _delta(a, _usage(), epochs * per_epoch)
-        bare_in = _bare_batch(first, config.num_classes)
-        ours["bare"] = _bare(trainer, bare_in, args.steps)
+        rounds = max(1, args.rounds)
+        epochs = max(1, -(-args.steps // (per_epoch * rounds)))  # per round
+        bare_step = _bare(trainer, _bare_batch(first, config.num_classes))
+        ours_parts, bare_parts = [], []
+        for _ in range(rounds):  # interleaved: the machine's drift hits both alike
+            a = _usage()
+            for _ in range(epochs * per_epoch):
+                trainer.train_step(next(batches))
+            # the next epoch's iterator is not started: the last one's workers have exited and been reaped
+            ours_parts.append(_delta(a, _usage(), epochs * per_epoch))
+            a = _usage()
+            for _ in range(epochs * per_epoch):
+                bare_step()
+            bare_parts.append(_delta(a, _usage(), epochs * per_epoch))
+        ours = _merge(ours_parts)
+        ours["bare"] = _merge(bare_parts)
+        pairs = list(zip(ours_parts, bare_parts, strict=True))
+        ratios = [(o["steps_s"] / b["steps_s"], b["cpu_per_step"] / o["cpu_per_step"]) for o, b in pairs]
+        ours["ratio_steps"] = statistics.median(r for r, _ in ratios)
+        ours["ratio_cpu"] = statistics.median(c for _, c in ratios)
+        ours["rounds"] = rounds
     crop = tuple(first["image"].shape)
     ours.update(
         config=config_name,
@@ -218,9 +236,10 @@ def measure(config_name: str, args: argparse.Namespace) -> dict:
     return ours
 
 
-def _bare(trainer, batch: dict, steps: int) -> dict:
-    """The same network, loss and optimiser on fixed random tensors: zero_grad, forward, loss,
-    backward, clip, step (what ``Trainer.train_step`` does, without a loader)."""
+def _bare(trainer, batch: dict):
+    """One step of the same network, loss and optimiser on fixed random tensors: zero_grad,
+    forward, loss, backward, clip, step (what ``Trainer.train_step`` does, without a loader);
+    run once here (first-step overheads)."""
     import torch
 
     from pipeline.engines.inferer import autocast
@@ -240,10 +259,23 @@ def _bare(trainer, batch: dict, steps: int) -> dict:
         opt.step()
 
     step()
-    a = _usage()
-    for _ in range(steps):
-        step()
-    return _delta(a, _usage(), steps)
+    return step
+
+
+def _merge(parts: list[dict]) -> dict[str, float]:
+    """Blocks of :func:`_delta` as one: rates over the summed steps and time, the peak RSS."""
+    steps = sum(p["steps"] for p in parts)
+    wall = sum(p["steps"] / p["steps_s"] for p in parts)
+    cpu = sum(p["cpu_per_step"] * p["steps"] for p in parts)
+    sys_cpu = sum(p["sys_frac"] * p["cpu_per_step"] * p["steps"] for p in parts)
+    return {
+        "steps": steps,
+        "steps_s": steps / wall,
+        "sys_frac": sys_cpu / max(cpu, 1e-9),
+        "cpu_per_step": cpu / steps,
+        "faults_step": sum(p["faults_step"] * p["steps"] for p in parts) / steps,
+        "rss_gb": max(p["rss_gb"] for p in parts),
+    }
 
 
 def _timed(times: dict[str, list[float]], name: str, fn):
@@ -415,8 +447,8 @@ def _row(r: dict) -> str:
         f"{b['cpu_per_step']:.2f}",
         f"{b['sys_frac']:.1%}",
         f"{b['faults_step']:,.0f}",
-        f"{r['steps_s'] / b['steps_s']:.2f}",
-        f"{b['cpu_per_step'] / r['cpu_per_step']:.2f}",
+        f"{r['ratio_steps']:.2f}",
+        f"{r['ratio_cpu']:.2f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -431,7 +463,8 @@ HEADER = (
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
-    p.add_argument("--steps", type=int, default=6, help="measured steps (rounded up to whole epochs)")
+    p.add_argument("--steps", type=int, default=6, help="measured steps (rounded up to whole epochs per round)")
+    p.add_argument("--rounds", type=int, default=3, help="medseg and bare blocks, interleaved; ratios are medians")
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, nargs="+", default=[2])
     p.add_argument("--workers", type=int, nargs="+", default=[-1], help="-1 = auto_workers")
@@ -458,7 +491,8 @@ def main() -> None:
         for threads in args.threads:
             for workers in args.workers:
                 cmd = [sys.executable, __file__, "--one", name, "--threads", str(threads), "--workers", str(workers)]
-                cmd += ["--steps", str(args.steps), "--warmup-epochs", str(args.warmup_epochs)]
+                cmd += ["--steps", str(args.steps), "--rounds", str(args.rounds)]
+                cmd += ["--warmup-epochs", str(args.warmup_epochs)]
                 cmd += ["--allocator", args.allocator, "--amp", args.amp, "--data", args.data, "--top", str(args.top)]
                 cmd += ["--loader", args.loader]
                 cmd += [
