@@ -513,19 +513,13 @@ class RandSpatiald(RandomizableTransform, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
-        present = [(k, m) for k, m in zip(self.keys, self.modes, strict=True) if k in d]
+        present = list(self.key_iterator(d, self.modes))  # raises on a missing key unless allowed
         if not present:
-            if not self.allow_missing_keys:
-                raise KeyError(f"none of {list(self.keys)} in the data")
             return d
-        for k in self.keys:
-            if k not in d and not self.allow_missing_keys:
-                raise KeyError(f"key {k!r} is not in the data")
         if self._angles is None and self._zoom is None:
-            for key, _ in present:
-                if self._flips:
-                    x = torch.as_tensor(d[key])
-                    d[key] = torch.flip(x, [a + 1 for a in self._flips])
+            if self._flips:
+                for key, _ in present:
+                    d[key] = torch.flip(torch.as_tensor(d[key]), [a + 1 for a in self._flips])
             return d
         shape = torch.as_tensor(d[present[0][0]]).shape[1:]
         dims = len(shape)
